@@ -1,0 +1,26 @@
+# av_td3_ros workspace. `make demo` (the main job) and `make test` (the whole suite) both run
+# `make setup` first, which is idempotent and quick once done.
+SHELL := /bin/bash
+ENV := source scripts/env.sh
+DEMO_MINUTES ?= 10
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench lint clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@$(ENV) && DEMO_MINUTES=$(DEMO_MINUTES) python -m av_td3_ros.demo
+
+test: setup
+	@$(ENV) && bash scripts/run_tests.sh $(PYTEST_ARGS)
+
+bench: setup
+	@$(ENV) && python bench/run_bench.py
+
+lint: setup
+	@$(ENV) && ruff check av_td3_ros bench
+
+clean:
+	rm -rf build install log

@@ -1,0 +1,1 @@
+"""ROS 2 nodes: thin glue over the rclpy-free core."""

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite over real DDS, isolated from other runs on this machine:
+# a ROS domain of its own and discovery kept on the host.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$(( (RANDOM % 100) + 1 ))}
+export ROS_AUTOMATIC_DISCOVERY_RANGE=${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}
+export FASTDDS_BUILTIN_TRANSPORTS=${FASTDDS_BUILTIN_TRANSPORTS:-LARGE_DATA}
+export PYTHONUNBUFFERED=1
+echo "[test] ROS_DOMAIN_ID=$ROS_DOMAIN_ID"
+python -m pytest av_td3_ros/test "$@"
