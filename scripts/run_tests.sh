@@ -8,4 +8,6 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE=${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}
 export FASTDDS_BUILTIN_TRANSPORTS=${FASTDDS_BUILTIN_TRANSPORTS:-LARGE_DATA}
 export PYTHONUNBUFFERED=1
 echo "[test] ROS_DOMAIN_ID=$ROS_DOMAIN_ID"
-python -m pytest av_td3_ros/test "$@"
+# Run from the package directory, as `colcon test` does: the ament linters scan the cwd.
+cd av_td3_ros
+python -m pytest test "$@"
