@@ -343,6 +343,19 @@ class BagReader:
         """Topic name -> message type."""
         return {c.topic: c.msgtype for c in self._reader.connections}
 
+    def offered_qos(self, topic: str) -> tuple[bool, bool] | None:
+        """
+        Return (reliable, transient_local) as the recorded publishers offered them.
+
+        None when the bag does not record QoS for the topic (e.g. a bare storage file).
+        """
+        profiles = [profile for c in self._reader.connections if c.topic == topic
+                    for profile in getattr(c.ext, 'offered_qos_profiles', ())]
+        if not profiles:
+            return None
+        return (all(p.reliability == QosReliability.RELIABLE for p in profiles),
+                all(p.durability == QosDurability.TRANSIENT_LOCAL for p in profiles))
+
     def info(self) -> BagInfo:
         counts: dict[tuple[str, str], int] = {}
         for connection in self._reader.connections:
@@ -356,22 +369,22 @@ class BagReader:
             end_ns=self._reader.end_time - 1 if total else 0,  # rosbags: one past the last
             topics=tuple(TopicSummary(t, m, n) for (t, m), n in sorted(counts.items())))
 
-    def require(self, topics: dict[str, str | Iterable[str]]) -> None:
+    def require(self, topics: dict[str, str | Iterable[str] | None]) -> None:
         """
         Check that each topic is in the bag with one of the expected types.
 
-        ``topics`` maps a topic to a type name or to accepted names; a missing topic or a
-        wrong type raises ``BagError`` that lists what the bag has instead.
+        ``topics`` maps a topic to a type name, to accepted names, or to None (any type); a
+        missing topic or a wrong type raises ``BagError`` that lists what the bag has instead.
         """
         have = self.topics()
         for topic, expected in topics.items():
-            accepted = {expected} if isinstance(expected, str) else set(expected)
+            accepted = (set() if expected is None
+                        else {expected} if isinstance(expected, str) else set(expected))
+            wanted = f' ({" or ".join(sorted(accepted))})' if accepted else ''
             if topic not in have:
                 listing = ', '.join(f'{t} ({m})' for t, m in sorted(have.items())) or 'nothing'
-                raise BagError(
-                    f'{self.path} has no topic {topic} ({" or ".join(sorted(accepted))}); '
-                    f'it has: {listing}')
-            if have[topic] not in accepted:
+                raise BagError(f'{self.path} has no topic {topic}{wanted}; it has: {listing}')
+            if accepted and have[topic] not in accepted:
                 raise BagError(
                     f'{self.path}: topic {topic} is {have[topic]}, expected '
                     f'{" or ".join(sorted(accepted))}')
