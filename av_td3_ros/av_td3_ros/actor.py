@@ -1,0 +1,477 @@
+"""
+The actor's logic, free of ROS: what the policy node does with each message, as plain calls.
+
+The policy node (nodes/policy_node.py) is glue around :class:`ActorCore`; the bag tools replay
+recorded camera/odometry through the same object, so a bag replay and a live vehicle see one
+observation path (``observation.py``), one episode/feedback pairing and one action mapping.
+
+Pairing (DESIGN §4): the simulator stamps each StepFeedback with the camera frame it belongs to.
+Frame *t* (image + pose) and its feedback are joined by stamp; a transition (s_t, a_t, r, s_t+1)
+is made when frames *t* and *t+1* of one episode both have their image, pose, feedback and *t*
+its executed action. The stack of s_t is rebuilt from the recorded frames of that episode, so it
+is exact even when a step-0 feedback arrived after its image; a frame whose image or feedback
+never arrived breaks the chain (no transition across a gap).
+"""
+
+from __future__ import annotations
+
+from collections import deque, OrderedDict
+from dataclasses import dataclass
+import hashlib
+import math
+import time
+from typing import NamedTuple, Protocol
+
+from av_td3_ros.observation import (
+    build_vector, FrameStack, image_to_gray, ObservationError, ObservationSpec, Route,
+    yaw_from_quaternion)
+import numpy as np
+
+# Full brake, wheels straight: what the actor sends whenever it must not drive.
+BRAKE_ACTION = np.array([0.0, -1.0], dtype=np.float32)
+
+
+class PolicyLike(Protocol):
+    """What the actor needs from a policy (``policy.Policy`` satisfies it)."""
+
+    spec: ObservationSpec
+
+    def act(self, image: np.ndarray, vector: np.ndarray) -> np.ndarray:
+        ...
+
+
+class Pose(NamedTuple):
+    """Planar pose and speed of the ego vehicle (REP-103 world frame)."""
+
+    x: float
+    y: float
+    yaw: float
+    speed: float
+
+
+def pose_from_odometry(position: tuple[float, float, float],
+                       orientation: tuple[float, float, float, float],
+                       linear_velocity: tuple[float, float, float]) -> Pose:
+    """
+    Build a Pose from nav_msgs/Odometry values (position, quaternion xyzw, twist.linear).
+
+    Speed is the norm of the linear velocity, so it does not depend on whether a publisher puts
+    the twist in the body frame (REP-105) or, as some bridges do, in the world frame.
+    Raises ObservationError for NaN/inf values or a zero quaternion.
+    """
+    values = (*position, *orientation, *linear_velocity)
+    if not all(math.isfinite(v) for v in values):
+        raise ObservationError(f'odometry contains NaN or inf: {values}')
+    qx, qy, qz, qw = orientation
+    if qx * qx + qy * qy + qz * qz + qw * qw < 1e-12:
+        raise ObservationError('odometry orientation is a zero quaternion')
+    return Pose(float(position[0]), float(position[1]), yaw_from_quaternion(qx, qy, qz, qw),
+                math.sqrt(sum(v * v for v in linear_velocity)))
+
+
+def route_from_points(points: list[tuple[float, float]] | np.ndarray) -> Route:
+    """Route of a nav_msgs/Path's (x, y) points; raises ObservationError when unusable."""
+    xy = np.asarray(points, dtype=np.float64).reshape(-1, 2) if len(points) else np.zeros((0, 2))
+    return Route(xy)
+
+
+class OdometryBuffer:
+    """
+    Recent poses by stamp, so that each image is paired with the pose of the same instant.
+
+    A synchronous simulator (the embedded one, CARLA in synchronous mode) stamps the camera
+    frame and the odometry of one tick alike; the two arrive in either order over DDS. Pairing
+    by stamp keeps the observation exact instead of one tick stale.
+    """
+
+    def __init__(self, size: int = 32) -> None:
+        self._poses: OrderedDict[int, Pose] = OrderedDict()
+        self._size = size
+
+    def add(self, stamp: int, pose: Pose) -> None:
+        self._poses[stamp] = pose
+        self._poses.move_to_end(stamp)
+        while len(self._poses) > self._size:
+            self._poses.popitem(last=False)
+
+    def clear(self) -> None:
+        self._poses.clear()
+
+    @property
+    def latest(self) -> Pose | None:
+        return next(reversed(self._poses.values())) if self._poses else None
+
+    def nearest(self, stamp: int) -> Pose | None:
+        """Return the pose whose stamp is closest to ``stamp`` (None when empty)."""
+        if not self._poses:
+            return None
+        best = min(self._poses, key=lambda s: abs(s - stamp))
+        return self._poses[best]
+
+    def match(self, stamp: int) -> Pose | None:
+        """
+        Return the pose for ``stamp`` under stamp pairing, or None to wait for it.
+
+        The pose of this very stamp when present; otherwise, once a later pose has arrived (the
+        one of this stamp was never published or got lost), the nearest one.
+        """
+        pose = self._poses.get(stamp)
+        if pose is not None:
+            return pose
+        if self._poses and max(self._poses) > stamp:
+            return self.nearest(stamp)
+        return None
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """The StepFeedback fields the actor uses (stamp = the camera frame it belongs to)."""
+
+    stamp: int
+    episode_id: int
+    step: int
+    reward: float
+    terminated: bool
+    truncated: bool
+
+
+@dataclass
+class TransitionData:
+    """One transition, field for field as av_td3_interfaces/msg/Transition."""
+
+    stamp: int                 # camera stamp of s'
+    episode_id: int
+    step: int                  # index of s in its episode
+    policy_version: int
+    obs_frames: np.ndarray     # (frame_stack, H, W) uint8, oldest first
+    obs_vector: np.ndarray     # float32
+    action: np.ndarray         # float32 (2,), as executed
+    reward: float
+    next_frame: np.ndarray     # (H, W) uint8
+    next_vector: np.ndarray    # float32
+    terminated: bool
+    truncated: bool
+
+
+@dataclass
+class StepResult:
+    """What the actor decided for one camera frame."""
+
+    action: np.ndarray         # executed action, float32 (2,)
+    brake_reason: str | None   # why it holds the vehicle instead of driving (None: driving)
+    policy_version: int
+    inference_s: float         # time spent in the network (0 when it did not run)
+    transitions: list[TransitionData]
+
+
+@dataclass
+class _Frame:
+    """One camera frame as the actor saw it, kept until it can no longer be in a transition."""
+
+    stamp: int
+    gray: np.ndarray | None = None
+    vector: np.ndarray | None = None       # None: no exact vector (no route or stale pose)
+    action: np.ndarray | None = None       # set once the control was sent
+    policy_version: int = 0
+    feedback: Feedback | None = None
+    emitted: bool = False                  # the transition *from* this frame was made
+
+    @property
+    def complete(self) -> bool:
+        return self.gray is not None and self.vector is not None and self.feedback is not None
+
+
+class ActorCore:
+    """
+    One actor: frames in, actions (and, in train mode, transitions) out.
+
+    Single-threaded by design: the node calls it from one callback group. Swapping the policy
+    (``set_policy``) is the caller's job to do between two frames.
+    """
+
+    def __init__(self, spec: ObservationSpec | None = None, *, train: bool = False,
+                 exploration_noise: float = 0.1, max_action: float = 1.0,
+                 seed: int | None = None, history: int = 64,
+                 stamp_gap_reset_ns: int = 500_000_000) -> None:
+        if exploration_noise < 0:
+            raise ValueError(f'exploration_noise must be >= 0, got {exploration_noise}')
+        self.train = train
+        self.exploration_noise = exploration_noise
+        self.max_action = max_action
+        self._rng = np.random.default_rng(seed)
+        self._history = history
+        self._stamp_gap_reset_ns = stamp_gap_reset_ns
+        self._policy: PolicyLike | None = None
+        self.policy_version = 0
+        self.route: Route | None = None
+        self._set_spec(spec or ObservationSpec())
+
+    # -- configuration ------------------------------------------------------------------------
+
+    def _set_spec(self, spec: ObservationSpec) -> None:
+        self.spec = spec
+        self._stack = FrameStack(spec.frame_stack, spec.image_size)
+        self._pushed: deque[tuple[int, np.ndarray]] = deque(maxlen=spec.frame_stack)
+        self._frames: OrderedDict[int, _Frame] = OrderedDict()
+        self._by_step: dict[tuple[int, int], _Frame] = {}
+        self._episode_starts: deque[int] = deque(maxlen=8)
+        self._last_stamp: int | None = None
+
+    @property
+    def policy(self) -> PolicyLike | None:
+        return self._policy
+
+    def set_policy(self, policy: PolicyLike | None, version: int) -> None:
+        """
+        Use ``policy`` from the next frame on.
+
+        A policy with another observation spec (e.g. a legacy 23-dim checkpoint) restarts the
+        observation: stacks of the old shape cannot feed it, and no transition spans the change.
+        """
+        self._policy = policy
+        self.policy_version = version
+        if policy is not None and policy.spec != self.spec:
+            self._set_spec(policy.spec)
+
+    def set_route(self, route: Route) -> None:
+        """Follow a new route; a new route starts a new frame stack (a new task)."""
+        self.route = route
+        self._reset_stack()
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def add_feedback(self, feedback: Feedback) -> list[TransitionData]:
+        """Record a frame's StepFeedback; return the transitions it completes (train mode)."""
+        if feedback.step == 0:
+            self._start_episode_at(feedback.stamp)
+        if not self.train:
+            return []
+        frame = self._frame(feedback.stamp)
+        frame.feedback = feedback
+        self._by_step[(feedback.episode_id, feedback.step)] = frame
+        return self._complete(frame)
+
+    def frame_gray(self, data, width: int, height: int, encoding: str, step: int = 0
+                   ) -> np.ndarray:
+        """Gray frame of a raw image at this actor's spec (raises ObservationError)."""
+        return image_to_gray(data, width, height, encoding, step, self.spec.image_size)
+
+    def step(self, stamp: int, gray: np.ndarray, pose: Pose | None,
+             brake_reason: str | None = None) -> StepResult:
+        """
+        Act on one camera frame (gray ``spec.image_size`` square, uint8).
+
+        ``pose`` is the ego pose paired with the frame (None: none usable); ``brake_reason``
+        lets the caller force a full brake (stale input). The actor also brakes, saying why,
+        without a route, without a pose, and in deploy mode without a policy. In train mode
+        without a policy yet it explores with uniform random actions (TD3's warm-up).
+        """
+        stack = self._push(stamp, gray)
+        vector = None
+        if brake_reason is None and self.route is None:
+            brake_reason = 'no route yet: no waypoints (nav_msgs/Path) received'
+        if brake_reason is None and pose is None:
+            brake_reason = 'no odometry for this frame'
+        if brake_reason is None:
+            vector, _ = build_vector(self.route, pose.x, pose.y, pose.yaw, pose.speed, self.spec)
+        if brake_reason is None and self._policy is None and not self.train:
+            brake_reason = ('no checkpoint loaded (deploy mode): set checkpoint_path or call '
+                            '~/load_checkpoint')
+        inference_s = 0.0
+        if brake_reason is not None:
+            action = BRAKE_ACTION.copy()
+        elif self._policy is None:
+            action = self._rng.uniform(-self.max_action, self.max_action, 2).astype(np.float32)
+        else:
+            start = time.perf_counter()
+            action = np.asarray(self._policy.act(stack, vector), dtype=np.float32).reshape(2)
+            inference_s = time.perf_counter() - start
+            if self.train and self.exploration_noise > 0:
+                noise = self._rng.normal(0.0, self.exploration_noise * self.max_action, 2)
+                action = np.clip(action + noise, -self.max_action, self.max_action
+                                 ).astype(np.float32)
+        transitions: list[TransitionData] = []
+        if self.train:
+            frame = self._frame(stamp)
+            frame.gray = gray
+            frame.vector = vector
+            frame.action = action
+            frame.policy_version = self.policy_version
+            transitions = self._complete(frame)
+        return StepResult(action, brake_reason, self.policy_version, inference_s, transitions)
+
+    def withdraw_action(self, stamp: int) -> None:
+        """Forget the action of a frame whose control was never sent (superseded while held)."""
+        frame = self._frames.get(stamp)
+        if frame is not None:
+            frame.action = None
+
+    # -- frame stack --------------------------------------------------------------------------
+
+    def _reset_stack(self) -> None:
+        self._stack.reset()
+        self._pushed.clear()
+
+    def _push(self, stamp: int, gray: np.ndarray) -> np.ndarray:
+        """
+        Push a frame on the live stack.
+
+        A new stack starts at a known episode start and when the stamps jump back (a restarted
+        simulator) or forward by more than the gap limit (the old frames are stale).
+        """
+        last = self._last_stamp
+        if (stamp in self._episode_starts or
+                (last is not None and not 0 <= stamp - last <= self._stamp_gap_reset_ns)):
+            self._reset_stack()
+        self._last_stamp = stamp
+        self._pushed.append((stamp, gray))
+        return self._stack.push(gray)
+
+    def _start_episode_at(self, stamp: int) -> None:
+        """Start the live stack at ``stamp``, re-pushing if that frame was already stacked."""
+        self._episode_starts.append(stamp)
+        pushed = list(self._pushed)
+        for i, (pushed_stamp, _) in enumerate(pushed):
+            if pushed_stamp == stamp:
+                self._reset_stack()
+                for later_stamp, gray in pushed[i:]:
+                    self._pushed.append((later_stamp, gray))
+                    self._stack.push(gray)
+                return
+
+    # -- transitions --------------------------------------------------------------------------
+
+    def _frame(self, stamp: int) -> _Frame:
+        frame = self._frames.get(stamp)
+        if frame is None:
+            frame = self._frames[stamp] = _Frame(stamp)
+            while len(self._frames) > self._history:
+                _, old = self._frames.popitem(last=False)
+                if old.feedback is not None:
+                    key = (old.feedback.episode_id, old.feedback.step)
+                    if self._by_step.get(key) is old:
+                        del self._by_step[key]
+        return frame
+
+    def _exact_stack(self, frame: _Frame) -> np.ndarray | None:
+        """Stack of ``frame`` from its episode's recorded frames; None across a gap."""
+        n = self.spec.frame_stack
+        stack = np.zeros(self.spec.image_shape, dtype=np.uint8)
+        episode, step = frame.feedback.episode_id, frame.feedback.step
+        for back in range(min(n, step + 1)):
+            earlier = self._by_step.get((episode, step - back))
+            if earlier is None or earlier.gray is None:
+                return None
+            stack[n - 1 - back] = earlier.gray
+        return stack
+
+    def _complete(self, frame: _Frame) -> list[TransitionData]:
+        """Make the transitions into and out of ``frame`` that have just become possible."""
+        if not frame.complete:
+            return []
+        episode, step = frame.feedback.episode_id, frame.feedback.step
+        out = []
+        for before, after in ((self._by_step.get((episode, step - 1)), frame),
+                              (frame, self._by_step.get((episode, step + 1)))):
+            if (before is None or after is None or before.emitted or not before.complete or
+                    not after.complete or before.action is None or
+                    before.feedback.terminated or before.feedback.truncated):
+                continue
+            obs_frames = self._exact_stack(before)
+            if obs_frames is None:
+                continue
+            before.emitted = True
+            out.append(TransitionData(
+                stamp=after.stamp, episode_id=episode, step=before.feedback.step,
+                policy_version=before.policy_version, obs_frames=obs_frames,
+                obs_vector=before.vector, action=before.action,
+                reward=after.feedback.reward, next_frame=after.gray,
+                next_vector=after.vector, terminated=after.feedback.terminated,
+                truncated=after.feedback.truncated))
+        return out
+
+
+# -- watchdog, rate limit, weights: small decisions the node must get right --------------------
+
+def stale_input_reason(now: float, last_image: float | None, last_odometry: float | None,
+                       timeout: float) -> str | None:
+    """Say why input is stale (no image / odometry within ``timeout`` s), or None if fresh."""
+    for name, last in (('camera image', last_image), ('odometry', last_odometry)):
+        if last is None:
+            return f'no {name} received yet'
+        if now - last > timeout:
+            return f'no {name} for {now - last:.2f} s (input_timeout {timeout:g} s)'
+    return None
+
+
+class InsertBudget:
+    """
+    The learner's rate limit as seen by one actor (DESIGN §6, TrainerStats.insert_allowance).
+
+    After each stats message, the actor may publish ``insert_allowance`` more transitions
+    before it must hold its control (which makes a synchronous simulator wait); fresh stats
+    renew the budget. A negative allowance, or no stats at all, means unlimited.
+    """
+
+    def __init__(self) -> None:
+        self.published = 0
+        self._published_at_stats = 0
+        self.allowance: int | None = None
+
+    def on_published(self, n: int = 1) -> None:
+        self.published += n
+
+    def on_stats(self, insert_allowance: int) -> None:
+        self.allowance = int(insert_allowance)
+        self._published_at_stats = self.published
+
+    @property
+    def since_stats(self) -> int:
+        return self.published - self._published_at_stats
+
+    @property
+    def must_hold(self) -> bool:
+        return (self.allowance is not None and self.allowance >= 0 and
+                self.since_stats >= self.allowance)
+
+
+def review_weights(fmt: str, data: bytes, sha256: str, version: int,
+                   current: tuple[int, str] | None) -> tuple[bool, str]:
+    """
+    Decide whether to take a PolicyWeights message; return (accept, reason in words).
+
+    Refused: a format other than safetensors, a digest that does not match the bytes, and the
+    weights already in use (the transient-local topic redelivers them on reconnection).
+    """
+    if fmt != 'safetensors':
+        return False, f'weights format {fmt!r} is not supported (only safetensors)'
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256.lower():
+        return False, (f'weights version {version}: sha256 mismatch (message says {sha256[:12]}, '
+                       f'data is {digest[:12]}); corrupted or truncated')
+    if current is not None and current == (version, digest):
+        return False, f'weights version {version} already in use'
+    if current is not None and version < current[0]:
+        return True, (f'weights version {version} is older than {current[0]} '
+                      '(learner restarted?); taking it')
+    return True, f'weights version {version}'
+
+
+class RollingStats:
+    """Percentiles and rate over a sliding window, for /diagnostics."""
+
+    def __init__(self, size: int = 1000) -> None:
+        self._values: deque[float] = deque(maxlen=size)
+        self._times: deque[float] = deque(maxlen=size)
+
+    def add(self, now: float, value: float = 0.0) -> None:
+        self._times.append(now)
+        self._values.append(value)
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self._values, q)) if self._values else math.nan
+
+    def rate(self, now: float, window: float = 5.0) -> float:
+        """Events per second over the last ``window`` seconds."""
+        recent = sum(1 for t in self._times if now - t <= window)
+        return recent / window
