@@ -29,6 +29,8 @@ import numpy as np
 
 # Full brake, wheels straight: what the actor sends whenever it must not drive.
 BRAKE_ACTION = np.array([0.0, -1.0], dtype=np.float32)
+NO_POLICY_REASON = ('no checkpoint loaded (deploy mode): set checkpoint_path or call '
+                    '~/load_checkpoint')
 
 
 class PolicyLike(Protocol):
@@ -275,8 +277,7 @@ class ActorCore:
         if brake_reason is None:
             vector, _ = build_vector(self.route, pose.x, pose.y, pose.yaw, pose.speed, self.spec)
         if brake_reason is None and self._policy is None and not self.train:
-            brake_reason = ('no checkpoint loaded (deploy mode): set checkpoint_path or call '
-                            '~/load_checkpoint')
+            brake_reason = NO_POLICY_REASON
         inference_s = 0.0
         if brake_reason is not None:
             action = BRAKE_ACTION.copy()
@@ -391,16 +392,39 @@ class ActorCore:
         return out
 
 
-# -- watchdog, rate limit, weights: small decisions the node must get right --------------------
+# -- control outputs, watchdog, rate limit, weights: small decisions the node must get right -----
+
+# carla_twist_to_control divides linear.x by its MAX_LON_ACCELERATION (10) to get the throttle.
+TWIST_FULL_THROTTLE = 10.0
+
+
+def twist_from_control(steer: float, throttle: float, brake: float,
+                       max_steer_angle: float) -> tuple[float, float]:
+    """
+    Return the (linear.x, angular.z) that carla_twist_to_control turns back into this control.
+
+    That node maps linear.x / 10 to throttle and -angular.z / max_steer_angle to steer, and only
+    the all-zero Twist to a brake (full brake; it has no partial brake). So any braking (or a
+    zero throttle, which it would read as reverse) becomes the zero Twist.
+    """
+    if brake > 0.0 or throttle <= 0.0:
+        return 0.0, 0.0
+    return throttle * TWIST_FULL_THROTTLE, -steer * max_steer_angle
+
 
 def stale_input_reason(now: float, last_image: float | None, last_odometry: float | None,
                        timeout: float) -> str | None:
-    """Say why input is stale (no image / odometry within ``timeout`` s), or None if fresh."""
+    """
+    Say why input is stale (no image / odometry within ``timeout`` s), or None if fresh.
+
+    The reason carries no elapsed time, so that it stays the same while the input stays stale
+    (the node logs each change of reason once).
+    """
     for name, last in (('camera image', last_image), ('odometry', last_odometry)):
         if last is None:
             return f'no {name} received yet'
         if now - last > timeout:
-            return f'no {name} for {now - last:.2f} s (input_timeout {timeout:g} s)'
+            return f'no {name} within input_timeout ({timeout:g} s)'
     return None
 
 
