@@ -1,0 +1,296 @@
+"""
+The TD3 learner (Fujimoto et al. 2018) with separate actor and critic CNNs; the one update.
+
+Gradient routing (DESIGN §6): the critic loss trains ``critic_cnn`` + ``critic``; the actor loss
+trains ``actor_cnn`` + ``actor`` and sees the critic's features as constants (computed under
+no_grad after the critic step, as Stable-Baselines3 TD3 with ``share_features_extractor=False``).
+Each CNN is in its head's optimizer, so gradient clipping covers it. All four networks have Polyak
+targets, updated every ``policy_delay`` critic updates.
+
+Determinism: weights are initialised from ``config.seed`` inside a forked RNG, target noise comes
+from a private torch.Generator and exploration noise from a private numpy Generator; both states
+are part of ``state_dict()``, so a resumed run continues bit for bit (CPU, same thread count).
+Metrics are accumulated on the device and read once per ``train()`` call (no per-update sync).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from typing import Any
+
+from av_td3_ros import __version__
+from av_td3_ros.config import TD3Config
+from av_td3_ros.networks import build_actor, build_cnn, build_critic
+from av_td3_ros.replay import Batch, ReplayBuffer
+import numpy as np
+from safetensors.torch import save as safetensors_save
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+POLICY_FORMAT = 'av_td3_ros.policy'
+POLICY_VERSION = 1
+NETWORKS = ('actor_cnn', 'actor', 'critic_cnn', 'critic')
+TARGETS = tuple(f'{name}_target' for name in NETWORKS)
+METRICS = ('critic_loss', 'actor_loss', 'q_mean')
+
+
+class TD3:
+    """TD3 learner: networks, targets, optimizers, noise generators and the update."""
+
+    def __init__(self, config: TD3Config) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.actor_cnn = build_cnn(config)
+            self.actor = build_actor(config)
+            self.critic_cnn = build_cnn(config)
+            self.critic = build_critic(config)
+        for name in NETWORKS:
+            net = getattr(self, name).to(self.device)
+            target = copy.deepcopy(net).requires_grad_(False)
+            setattr(self, f'{name}_target', target)
+        self.channels_last = self.device.type == 'cpu'
+        for name in ('actor_cnn', 'critic_cnn', 'actor_cnn_target', 'critic_cnn_target'):
+            getattr(self, name).channels_last = self.channels_last
+        self.actor_params = [*self.actor_cnn.parameters(), *self.actor.parameters()]
+        self.critic_params = [*self.critic_cnn.parameters(), *self.critic.parameters()]
+        self.actor_optimizer = self._adam(self.actor_params, config.actor_lr)
+        self.critic_optimizer = self._adam(self.critic_params, config.critic_lr)
+        self._online = [p for n in NETWORKS for p in getattr(self, n).parameters()]
+        self._target = [p for n in TARGETS for p in getattr(self, n).parameters()]
+        self.noise_generator = torch.Generator(device=self.device)
+        self.noise_generator.manual_seed(config.seed + 1)
+        self.explore_rng = np.random.default_rng(config.seed + 2)
+        self.total_it = 0
+        self._metric_sums = torch.zeros(len(METRICS), device=self.device)
+        self._metric_counts = torch.zeros(len(METRICS), device=self.device)
+
+    def _adam(self, params: list[nn.Parameter], lr: float) -> torch.optim.Adam:
+        # Fused Adam: one kernel over all parameters on CPU and CUDA (torch >= 2.4).
+        return torch.optim.Adam(params, lr=lr, fused=True)
+
+    def _autocast(self):
+        if self.config.precision == 'bf16':
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ acting
+
+    @torch.no_grad()
+    def act(self, image: np.ndarray, vector: np.ndarray, noise: float = 0.0,
+            rng: np.random.Generator | None = None) -> np.ndarray:
+        """Return the action for one observation; ``noise``: Gaussian std in max_action units."""
+        image_t = torch.as_tensor(np.asarray(image, dtype=np.uint8), device=self.device)[None]
+        vector_t = torch.as_tensor(np.asarray(vector, dtype=np.float32),
+                                   device=self.device)[None]
+        action = self.actor(self.actor_cnn(image_t), vector_t)[0].float().cpu().numpy()
+        limit = self.config.max_action
+        if noise > 0:
+            rng = rng if rng is not None else self.explore_rng
+            action = action + rng.normal(0.0, noise * limit, size=action.shape)
+        return np.clip(action, -limit, limit).astype(np.float32)
+
+    # ------------------------------------------------------------------ learning
+
+    def update(self, batch: Batch) -> None:
+        """One TD3 step: critic every call, actor + targets every ``policy_delay`` calls."""
+        cfg = self.config
+        limit = cfg.max_action
+        with torch.no_grad(), self._autocast():
+            noise = torch.randn(batch.action.shape, generator=self.noise_generator,
+                                device=self.device)
+            clip = cfg.noise_clip * limit
+            noise = (noise * (cfg.target_noise * limit)).clamp_(-clip, clip)
+            next_action = (self.actor_target(self.actor_cnn_target(batch.next_image),
+                                             batch.next_vector) + noise).clamp_(-limit, limit)
+            target_q1, target_q2 = self.critic_target(
+                self.critic_cnn_target(batch.next_image), batch.next_vector, next_action)
+            target_q = batch.reward + batch.not_done * cfg.gamma * torch.min(
+                target_q1, target_q2).float()
+        with self._autocast():
+            q1, q2 = self.critic(self.critic_cnn(batch.image), batch.vector, batch.action)
+        critic_loss = F.mse_loss(q1.float(), target_q) + F.mse_loss(q2.float(), target_q)
+        self._step(self.critic_optimizer, self.critic_params, critic_loss)
+        self.total_it += 1
+        with torch.no_grad():
+            self._record(0, critic_loss)
+            self._record(2, q1.detach().float().mean())
+
+        if self.total_it % cfg.policy_delay == 0:
+            with self._autocast():
+                with torch.no_grad():
+                    critic_features = self.critic_cnn(batch.image)
+                pi = self.actor(self.actor_cnn(batch.image), batch.vector)
+                q = self.critic.q1(critic_features, batch.vector, pi).float()
+            if cfg.bc_alpha > 0:  # TD3+BC (Fujimoto & Gu 2021)
+                lmbda = cfg.bc_alpha / q.abs().mean().detach().clamp_min(1e-6)
+                actor_loss = -lmbda * q.mean() + F.mse_loss(pi.float(), batch.action)
+            else:
+                actor_loss = -q.mean()
+            self._step(self.actor_optimizer, self.actor_params, actor_loss)
+            with torch.no_grad():
+                self._record(1, actor_loss)
+                torch._foreach_lerp_(self._target, self._online, cfg.tau)
+
+    def _step(self, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
+              loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        # inputs=: only this optimizer's parameters get gradients (the critic head that the
+        # actor loss runs through is not accumulated into).
+        loss.backward(inputs=params)
+        if self.config.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip_norm, foreach=True)
+        optimizer.step()
+
+    def _record(self, index: int, value: torch.Tensor) -> None:
+        self._metric_sums[index] += value.detach()
+        self._metric_counts[index] += 1
+
+    def train(self, replay: ReplayBuffer, n_updates: int) -> dict[str, float]:
+        """Run ``n_updates`` updates on batches from ``replay``; return mean metrics."""
+        self._metric_sums.zero_()
+        self._metric_counts.zero_()
+        for _ in range(n_updates):
+            self.update(replay.sample(self.config.batch_size))
+        return self.pop_metrics()
+
+    def pop_metrics(self) -> dict[str, float]:
+        """Means of the metrics since the last call (one device sync), then reset them."""
+        means = (self._metric_sums / self._metric_counts.clamp_min(1)).tolist()
+        counts = self._metric_counts.tolist()
+        self._metric_sums.zero_()
+        self._metric_counts.zero_()
+        return {name: (float(m) if c else float('nan'))
+                for name, m, c in zip(METRICS, means, counts, strict=True)}
+
+    # ------------------------------------------------------------------ state
+
+    def network_state(self, targets: bool = True) -> dict[str, dict[str, torch.Tensor]]:
+        """State dicts of the networks (and their targets), keyed by network name."""
+        names = NETWORKS + TARGETS if targets else NETWORKS
+        return {name: {k: v.detach().clone() for k, v in getattr(self, name).state_dict().items()}
+                for name in names}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything an exact resume needs (plain tensors and primitives: weights_only-safe)."""
+        return {
+            'networks': self.network_state(),
+            'optimizers': {'actor': self.actor_optimizer.state_dict(),
+                           'critic': self.critic_optimizer.state_dict()},
+            'total_it': self.total_it,
+            'rng': {'target_noise': self.noise_generator.get_state(),
+                    'explore': json.dumps(self.explore_rng.bit_generator.state)},
+            'config': self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], weights_only: bool = False) -> None:
+        """
+        Load a ``state_dict()``; all or nothing.
+
+        Raises ValueError (naming the mismatch) when networks or optimizers do not fit this
+        learner; the learner is then unchanged. ``weights_only`` loads the networks only.
+        """
+        self.check_networks(state['networks'])
+        snapshot = None if weights_only else self.state_dict()
+        backup = self.network_state()
+        try:
+            self._load_networks(state['networks'])
+            if not weights_only:
+                self._load_optimizer(self.actor_optimizer, state['optimizers']['actor'],
+                                     self.config.actor_lr)
+                self._load_optimizer(self.critic_optimizer, state['optimizers']['critic'],
+                                     self.config.critic_lr)
+                self.total_it = int(state['total_it'])
+                generator_state = state['rng']['target_noise']
+                self.noise_generator.set_state(generator_state)
+                explore = np.random.default_rng()
+                explore.bit_generator.state = json.loads(state['rng']['explore'])
+                self.explore_rng = explore
+        except Exception as exc:
+            self._load_networks(backup)
+            if snapshot is not None:
+                self._load_optimizer(self.actor_optimizer, snapshot['optimizers']['actor'],
+                                     self.config.actor_lr)
+                self._load_optimizer(self.critic_optimizer, snapshot['optimizers']['critic'],
+                                     self.config.critic_lr)
+                self.total_it = snapshot['total_it']
+                self.noise_generator.set_state(snapshot['rng']['target_noise'])
+                restored = np.random.default_rng()
+                restored.bit_generator.state = json.loads(snapshot['rng']['explore'])
+                self.explore_rng = restored
+            raise ValueError(f'cannot load learner state: {exc}') from exc
+
+    def check_networks(self, networks: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Raise ValueError unless every online network (and given target) fits by key/shape."""
+        for name in NETWORKS + TARGETS:
+            if name not in networks:
+                if name in NETWORKS:
+                    raise ValueError(f'network {name!r} is missing')
+                continue
+            own = getattr(self, name).state_dict()
+            theirs = networks[name]
+            if not isinstance(theirs, dict):
+                raise ValueError(f'network {name!r} is not a state dict')
+            missing, extra = set(own) - set(theirs), set(theirs) - set(own)
+            if missing or extra:
+                raise ValueError(f'network {name!r}: missing keys {sorted(missing)[:4]}, '
+                                 f'unexpected keys {sorted(extra)[:4]}')
+            for key, tensor in own.items():
+                other = theirs[key]
+                if not isinstance(other, torch.Tensor) or other.shape != tensor.shape:
+                    shape = tuple(other.shape) if isinstance(other, torch.Tensor) else other
+                    raise ValueError(f'network {name!r} {key}: shape {shape}, expected '
+                                     f'{tuple(tensor.shape)}')
+                if not torch.isfinite(other).all():
+                    raise ValueError(f'network {name!r} {key} contains NaN or inf')
+
+    def _load_networks(self, networks: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Copy weights in; targets missing from ``networks`` become copies of the online nets."""
+        with torch.no_grad():
+            for name in NETWORKS:
+                getattr(self, name).load_state_dict(networks[name])
+            for name in NETWORKS:
+                source = networks.get(f'{name}_target', networks[name])
+                getattr(self, f'{name}_target').load_state_dict(source)
+
+    def _load_optimizer(self, optimizer: torch.optim.Optimizer, state: dict,
+                        lr: float) -> None:
+        optimizer.load_state_dict(state)
+        for group in optimizer.param_groups:   # this learner's settings win over the file's
+            group['lr'] = lr
+            group['fused'] = True
+            group['foreach'] = None
+
+    def reset_optimizers(self) -> None:
+        """Start both optimizers afresh (legacy import: their Adam state does not map over)."""
+        self.actor_optimizer = self._adam(self.actor_params, self.config.actor_lr)
+        self.critic_optimizer = self._adam(self.critic_params, self.config.critic_lr)
+
+    def export_policy(self) -> bytes:
+        """Serialise actor_cnn + actor with the config in the metadata (safetensors bytes)."""
+        return export_policy_bytes(self.network_state(targets=False), self.config, self.total_it)
+
+
+def export_policy_bytes(networks: dict[str, dict[str, torch.Tensor]], config: TD3Config,
+                        total_it: int) -> bytes:
+    """Build a policy export from actor_cnn/actor state dicts (also used by checkpoint_tool)."""
+    tensors = {f'{name}.{key}': value.detach().to('cpu', torch.float32).contiguous()
+               for name in ('actor_cnn', 'actor') for key, value in networks[name].items()}
+    metadata = {'format': POLICY_FORMAT, 'version': str(POLICY_VERSION),
+                'total_it': str(int(total_it)), 'config': json.dumps(config.to_dict()),
+                'package_version': __version__, 'torch_version': str(torch.__version__)}
+    return safetensors_save(tensors, metadata=metadata)
+
+
+def state_bytes(state: dict) -> bytes:
+    """Serialise with torch.save into bytes (for hashing and for tests)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
