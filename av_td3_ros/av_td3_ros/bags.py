@@ -19,6 +19,11 @@ from pathlib import Path
 import threading
 
 from ament_index_python.packages import get_package_share_directory, PackageNotFoundError
+from av_td3_ros.actor import (
+    ActorCore, BRAKE_ACTION, Feedback, OdometryBuffer, PolicyLike, Pose, pose_from_odometry,
+    route_from_points, StepResult, TransitionData)
+from av_td3_ros.observation import ObservationError, ObservationSpec
+import numpy as np
 from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.interfaces import (
     Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime)
@@ -30,6 +35,22 @@ import yaml
 INTERFACES_PACKAGE = 'av_td3_interfaces'
 TRANSITIONS_TOPIC = '/av_td3/transitions'
 TRANSITION_TYPE = 'av_td3_interfaces/msg/Transition'
+IMAGE_TYPE = 'sensor_msgs/msg/Image'
+ODOMETRY_TYPE = 'nav_msgs/msg/Odometry'
+PATH_TYPE = 'nav_msgs/msg/Path'
+FEEDBACK_TYPE = 'av_td3_interfaces/msg/StepFeedback'
+CONTROL_TYPES = ('av_td3_interfaces/msg/VehicleControl', 'carla_msgs/msg/CarlaEgoVehicleControl')
+# DESIGN §4 gives its fields; registering them lets bags from CARLA setups without embedded
+# definitions (Humble) decode. A bag's own definition, when it has one, takes precedence.
+CARLA_CONTROL_MSG = """std_msgs/Header header
+float32 throttle
+float32 steer
+float32 brake
+bool hand_brake
+bool reverse
+int32 gear
+bool manual_gear_shift
+"""
 STORAGES = ('mcap', 'sqlite3')
 # The runtime distro of the PyPI wheels; bags that carry their own definitions do not need it.
 DEFAULT_DISTRO = 'kilted'
@@ -71,7 +92,7 @@ def interfaces_msg_dir() -> Path:
 @functools.lru_cache(maxsize=1)
 def _interface_fielddefs() -> tuple[tuple[str, object], ...]:
     """Parse the interface ``.msg`` files once (an immutable snapshot, copied per typestore)."""
-    types: dict = {}
+    types: dict = get_types_from_msg(CARLA_CONTROL_MSG, CONTROL_TYPES[1])
     for path in sorted(interfaces_msg_dir().glob('*.msg')):
         types.update(get_types_from_msg(
             path.read_text(encoding='utf-8'), f'{INTERFACES_PACKAGE}/msg/{path.stem}'))
@@ -81,6 +102,8 @@ def _interface_fielddefs() -> tuple[tuple[str, object], ...]:
 def project_typestore(distro: str | None = DEFAULT_DISTRO) -> Typestore:
     """
     Return a fresh typestore: a distro's standard ROS 2 types plus ``av_td3_interfaces``.
+
+    ``carla_msgs/msg/CarlaEgoVehicleControl`` is included too (the ``carla`` control output).
 
     ``distro`` is a ROS 2 distro name (``humble``, ``jazzy``, ``kilted``, ...); None or an
     unknown name (e.g. ``rosbags``, what the rosbags writer records) means the runtime default.
@@ -311,7 +334,7 @@ class BagReader:
             return self.ros_distro
         return DEFAULT_DISTRO if self.ros_distro else UNDEFINED_DISTRO
 
-    def open(self) -> BagReader:
+    def __enter__(self) -> BagReader:
         try:
             self._reader.open()
         except (AnyReaderError, OSError) as err:
@@ -328,9 +351,6 @@ class BagReader:
         if self._open:
             self._open = False
             self._reader.close()
-
-    def __enter__(self) -> BagReader:
-        return self.open()
 
     def __exit__(self, *exc) -> None:
         self.close()
@@ -435,3 +455,284 @@ def bag_info(path: str | Path, distro: str | None = None) -> BagInfo:
     """Summarise a bag without decoding its messages."""
     with BagReader(path, distro) as reader:
         return reader.info()
+
+
+# --------------------------------------------------------------------------------------------
+# Raw driving topics -> the actor's observation path
+
+
+@dataclass(frozen=True)
+class RawTopics:
+    """Topic names of a recorded drive (DESIGN §4 defaults; every one can be remapped)."""
+
+    image: str = '/carla/ego_vehicle/rgb_front/image'
+    odometry: str = '/carla/ego_vehicle/odometry'
+    waypoints: str = '/carla/ego_vehicle/waypoints'
+    control: str = '/carla/ego_vehicle/vehicle_control_cmd'
+    feedback: str = '/av_td3/step_feedback'
+
+    def required(self, with_feedback: bool) -> dict[str, tuple[str, ...]]:
+        """Topic -> accepted types, for ``BagReader.require``."""
+        topics = {self.image: (IMAGE_TYPE,), self.odometry: (ODOMETRY_TYPE,),
+                  self.waypoints: (PATH_TYPE,), self.control: CONTROL_TYPES}
+        if with_feedback:
+            topics[self.feedback] = (FEEDBACK_TYPE,)
+        return topics
+
+
+def stamp_ns(header: object) -> int:
+    """Return a std_msgs/Header stamp in ns (the key pairing frames, poses and controls)."""
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def control_action(message: object) -> np.ndarray:
+    """Return the action [steer, throttle_brake] of a VehicleControl / CarlaEgoVehicleControl."""
+    steer = float(np.clip(message.steer, -1.0, 1.0))
+    throttle_brake = float(np.clip(float(message.throttle) - float(message.brake), -1.0, 1.0))
+    return np.array([steer, throttle_brake], dtype=np.float32)
+
+
+def _pose(message: object) -> Pose:
+    pose, twist = message.pose.pose, message.twist.twist
+    return pose_from_odometry(
+        (pose.position.x, pose.position.y, pose.position.z),
+        (pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w),
+        (twist.linear.x, twist.linear.y, twist.linear.z))
+
+
+def _feedback(message: object) -> Feedback:
+    return Feedback(stamp=stamp_ns(message.header), episode_id=int(message.episode_id),
+                    step=int(message.step), reward=float(message.reward),
+                    terminated=bool(message.terminated), truncated=bool(message.truncated))
+
+
+@dataclass
+class FrameOutcome:
+    """What the actor did with one recorded camera frame."""
+
+    stamp: int
+    result: StepResult | None       # None: a step feedback (not a frame) completed transitions
+    recorded: np.ndarray | None     # the control recorded for this frame (None: none)
+    transitions: list[TransitionData]
+
+
+class RecordedDriver:
+    """
+    The driver who produced a bag, seen as the actor's policy: it returns the recorded control.
+
+    Building transitions from raw topics runs the actor in train mode with this policy, so the
+    transitions come from the very code the live actor uses, with the actions as executed.
+    """
+
+    def __init__(self, spec: ObservationSpec) -> None:
+        self.spec = spec
+        self.action: np.ndarray | None = None
+
+    def act(self, image: np.ndarray, vector: np.ndarray) -> np.ndarray:
+        return self.action if self.action is not None else BRAKE_ACTION.copy()
+
+
+def run_actor_on_bag(reader: BagReader, core: ActorCore, topics: RawTopics = RawTopics(),
+                     driver: RecordedDriver | None = None) -> Iterator[FrameOutcome]:
+    """
+    Feed a bag's camera, odometry, waypoints and step feedback through ``core``, frame by frame.
+
+    Messages go in in recorded order, as they reached the live node. Poses are paired with
+    images by stamp exactly as the policy node does (``OdometryBuffer.match``, which may look
+    at the next pose); controls are matched by the camera stamp they answer. With ``driver``
+    (train mode) the recorded control is the action taken, and a frame whose control was not
+    recorded is withdrawn so that no transition claims an action nobody executed. Bad input
+    raises ``BagError`` naming the message.
+    """
+    have = reader.topics()
+    with_feedback = topics.feedback in have
+    if core.train and not with_feedback:
+        reader.require({topics.feedback: FEEDBACK_TYPE})  # raises: rewards need feedback
+    reader.require(topics.required(with_feedback))
+    poses: list[tuple[int, Pose]] = []
+    controls: dict[int, np.ndarray] = {}
+    for item in reader.messages([topics.odometry, topics.control]):
+        try:
+            if item.topic == topics.odometry:
+                poses.append((stamp_ns(item.message.header), _pose(item.message)))
+            else:
+                controls[stamp_ns(item.message.header)] = control_action(item.message)
+        except (ObservationError, ValueError) as err:
+            raise BagError(f'{reader.path}: message {item.index} on {item.topic}: {err}') from None
+    poses.sort(key=lambda entry: entry[0])
+    odometry = OdometryBuffer()
+    next_pose = 0
+    wanted = [topics.image, topics.waypoints] + ([topics.feedback] if with_feedback else [])
+    for item in reader.messages(wanted):
+        message = item.message
+        try:
+            if item.topic == topics.waypoints:
+                core.set_route(route_from_points(
+                    [(p.pose.position.x, p.pose.position.y) for p in message.poses]))
+                continue
+            if item.topic == topics.feedback:
+                transitions = core.add_feedback(_feedback(message))
+                if transitions:
+                    yield FrameOutcome(stamp_ns(message.header), None, None, transitions)
+                continue
+            stamp = stamp_ns(message.header)
+            gray = core.frame_gray(message.data, int(message.width), int(message.height),
+                                   message.encoding, int(message.step))
+        except ObservationError as err:
+            raise BagError(f'{reader.path}: message {item.index} on {item.topic}: {err}') from None
+        while next_pose < len(poses) and (next_pose == 0 or poses[next_pose - 1][0] <= stamp):
+            odometry.add(*poses[next_pose])
+            next_pose += 1
+        recorded = controls.get(stamp)
+        if driver is not None:
+            driver.action = recorded
+        result = core.step(stamp, gray, odometry.match(stamp))
+        if driver is not None and recorded is None:
+            core.withdraw_action(stamp)
+        yield FrameOutcome(stamp, result, recorded, result.transitions)
+
+
+# --------------------------------------------------------------------------------------------
+# Offline data and open-loop evaluation
+
+SOURCES = ('auto', 'transitions', 'raw')
+
+
+def resolve_source(reader: BagReader, source: str = 'auto',
+                   transitions_topic: str = TRANSITIONS_TOPIC) -> str:
+    """Pick ``transitions`` when the bag has the transitions topic (auto), else ``raw``."""
+    if source not in SOURCES:
+        raise BagError(f'source must be one of {SOURCES}, got {source!r}')
+    if source == 'auto':
+        return 'transitions' if transitions_topic in reader.topics() else 'raw'
+    return source
+
+
+def expected_transitions(reader: BagReader, source: str, topics: RawTopics = RawTopics(),
+                         transitions_topic: str = TRANSITIONS_TOPIC) -> int:
+    """Upper bound of the transitions a bag yields (to size a replay buffer)."""
+    counts = {t.topic: t.count for t in reader.info().topics}
+    return counts.get(transitions_topic if source == 'transitions' else topics.image, 0)
+
+
+def _transition_data(message: object, spec: ObservationSpec) -> TransitionData:
+    size = spec.image_size
+    if (message.frame_height, message.frame_width) != (size, size):
+        raise ValueError(f'frames are {message.frame_height}x{message.frame_width}, the '
+                         f'config uses {size}x{size}')
+    return TransitionData(
+        stamp=stamp_ns(message.header), episode_id=int(message.episode_id),
+        step=int(message.step), policy_version=int(message.policy_version),
+        obs_frames=message.obs_frames, obs_vector=message.obs_vector, action=message.action,
+        reward=float(message.reward), next_frame=message.next_frame,
+        next_vector=message.next_vector, terminated=bool(message.terminated),
+        truncated=bool(message.truncated))
+
+
+def bag_transitions(reader: BagReader, spec: ObservationSpec, source: str = 'auto',
+                    topics: RawTopics = RawTopics(),
+                    transitions_topic: str = TRANSITIONS_TOPIC
+                    ) -> Iterator[tuple[str, int, TransitionData]]:
+    """
+    Yield ``(stream_id, message_index, transition)`` from a bag of transitions or raw topics.
+
+    Recorded Transition messages come as they are (stream_id = their actor_id). Raw topics
+    go through the actor in train mode with the recorded controls as actions
+    (``RecordedDriver``), so the stacks, vectors, rewards and episode ends are built exactly as
+    the live actor builds them.
+    """
+    source = resolve_source(reader, source, transitions_topic)
+    if source == 'transitions':
+        reader.require({transitions_topic: TRANSITION_TYPE})
+        for item in reader.messages([transitions_topic]):
+            try:
+                data = _transition_data(item.message, spec)
+            except ValueError as err:
+                raise BagError(f'{reader.path}: message {item.index} on {item.topic}: '
+                               f'{err}') from None
+            yield item.message.actor_id, item.index, data
+        return
+    core = ActorCore(spec, train=True, exploration_noise=0.0)
+    driver = RecordedDriver(spec)
+    core.set_policy(driver, version=0)
+    stream = f'bag:{reader.path.name}'
+    count = 0
+    for outcome in run_actor_on_bag(reader, core, topics, driver):
+        for transition in outcome.transitions:
+            yield stream, count, transition
+            count += 1
+
+
+@dataclass(frozen=True)
+class ReplayStep:
+    """One compared frame: what the policy did and what was recorded."""
+
+    stamp: int
+    action: tuple[float, float]
+    recorded: tuple[float, float]
+
+
+@dataclass
+class ReplayReport:
+    """Open-loop comparison of a policy with a bag's recorded controls."""
+
+    frames: int
+    compared: int
+    skipped: dict[str, int]
+    mean_abs_steer_diff: float
+    mean_abs_throttle_brake_diff: float
+    agreement_rate: float
+    steer_tol: float
+    throttle_brake_tol: float
+    steps: list[ReplayStep]
+
+    def to_dict(self, steps: bool = True) -> dict:
+        out = {k: getattr(self, k) for k in (
+            'frames', 'compared', 'skipped', 'mean_abs_steer_diff',
+            'mean_abs_throttle_brake_diff', 'agreement_rate', 'steer_tol',
+            'throttle_brake_tol')}
+        if steps:
+            out['steps'] = [{'stamp': s.stamp, 'action': list(s.action),
+                             'recorded': list(s.recorded)} for s in self.steps]
+        return out
+
+
+def replay_policy(reader: BagReader, policy: PolicyLike, topics: RawTopics = RawTopics(),
+                  steer_tol: float = 0.1, throttle_brake_tol: float = 0.2) -> ReplayReport:
+    """
+    Run ``policy`` on a bag's camera + odometry + waypoints and compare with recorded controls.
+
+    The frames go through the policy node's own path (``ActorCore`` in deploy mode). A frame
+    counts as agreeing when |Δsteer| <= steer_tol and |Δthrottle_brake| <= throttle_brake_tol.
+    Frames where the actor would brake (no route, no pose) or without a recorded control are
+    counted in ``skipped`` by reason.
+    """
+    core = ActorCore(policy.spec, train=False)
+    core.set_policy(policy, version=1)
+    steps: list[ReplayStep] = []
+    skipped: dict[str, int] = {}
+    frames = 0
+    for outcome in run_actor_on_bag(reader, core, topics):
+        if outcome.result is None:
+            continue
+        frames += 1
+        reason = outcome.result.brake_reason
+        if reason is None and outcome.recorded is None:
+            reason = 'no control recorded for this frame'
+        if reason is not None:
+            skipped[reason] = skipped.get(reason, 0) + 1
+            continue
+        steps.append(ReplayStep(outcome.stamp,
+                                tuple(float(v) for v in outcome.result.action),
+                                tuple(float(v) for v in outcome.recorded)))
+    if not steps:
+        raise BagError(f'{reader.path}: no frame could be compared ({frames} frames; skipped: '
+                       f'{skipped or "none"})')
+    diff = np.abs(np.array([s.action for s in steps]) - np.array([s.recorded for s in steps]))
+    agree = (diff[:, 0] <= steer_tol) & (diff[:, 1] <= throttle_brake_tol)
+    return ReplayReport(
+        frames=frames, compared=len(steps), skipped=skipped,
+        mean_abs_steer_diff=float(diff[:, 0].mean()),
+        mean_abs_throttle_brake_diff=float(diff[:, 1].mean()),
+        agreement_rate=float(agree.mean()), steer_tol=steer_tol,
+        throttle_brake_tol=throttle_brake_tol, steps=steps)
