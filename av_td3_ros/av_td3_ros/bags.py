@@ -12,6 +12,7 @@ functions.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 import contextlib
 from dataclasses import dataclass
 import functools
@@ -136,16 +137,19 @@ def _qos(reliable: bool = True, transient_local: bool = False, depth: int = 10) 
 
 class BagWriter:
     """
-    A rosbag2 writer (sqlite3 or mcap) for serialised CDR messages, safe to call from any thread.
+    A rosbag2 writer (sqlite3 or mcap) for serialised CDR messages, callable from any thread.
 
-    Messages are written as CDR bytes, so a node can hand over what
-    ``rclpy.serialization.serialize_message`` returns and a tool can hand over rosbags
-    messages (``write_message``). ``metadata.yaml`` is written by ``close()``: close the writer
-    on shutdown, or the bag is left without it (sqlite3 keeps nothing, mcap keeps its chunks).
+    All storage work happens on one writer thread of its own (sqlite connections belong to the
+    thread that made them, and a subscription callback should not wait for the disk). ``write``
+    queues the message (blocking only when ``max_pending`` are queued) and reports a failed
+    earlier write at the next call. Messages are CDR bytes, so a node hands over what
+    ``rclpy.serialization.serialize_message`` returns; a tool hands over rosbags messages
+    (``write_message``). ``metadata.yaml`` is written by ``close()``: close the writer on
+    shutdown, or the bag is left without it.
     """
 
     def __init__(self, path: str | Path, storage: str = 'mcap',
-                 typestore: Typestore | None = None) -> None:
+                 typestore: Typestore | None = None, max_pending: int = 1024) -> None:
         if storage not in _STORAGE_PLUGINS:
             raise BagError(f'bag storage must be one of {STORAGES}, got {storage!r}')
         self.path = Path(path)
@@ -157,12 +161,16 @@ class BagWriter:
             raise BagError(f'cannot create bag {self.path}: {self.path.parent} is not a directory')
         self._writer = Writer(self.path, version=Writer.VERSION_LATEST,
                               storage_plugin=_STORAGE_PLUGINS[storage])
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix='bag-writer')
+        self._pending = threading.BoundedSemaphore(max_pending)
         self._lock = threading.Lock()
         self._connections: dict = {}
+        self._failure: str | None = None
         self.counts: dict[str, int] = {}
         try:
-            self._writer.open()
+            self._thread.submit(self._writer.open).result()
         except (WriterError, OSError) as err:
+            self._thread.shutdown()
             raise BagError(f'cannot create bag {self.path}: {err}') from None
         self._open = True
 
@@ -181,23 +189,37 @@ class BagWriter:
                 raise BagError(
                     f'unknown message type {msgtype} for topic {topic}: not a standard ROS 2 '
                     f'type nor one of {INTERFACES_PACKAGE}')
-            self._connections[topic] = self._writer.add_connection(
-                topic, msgtype, typestore=self.typestore,
-                offered_qos_profiles=[_qos(reliable, transient_local)])
+            self._connections[topic] = self._thread.submit(
+                self._writer.add_connection, topic, msgtype, typestore=self.typestore,
+                offered_qos_profiles=[_qos(reliable, transient_local)]).result()
             self.counts[topic] = 0
 
     def write(self, topic: str, data: bytes, timestamp_ns: int) -> None:
-        """Write one serialised (CDR) message received at ``timestamp_ns``."""
+        """Queue one serialised (CDR) message received at ``timestamp_ns``."""
         with self._lock:
             self._check_open()
             connection = self._connections.get(topic)
             if connection is None:
                 raise BagError(f'topic {topic} was not added to bag {self.path}')
-            self._writer.write(connection, int(timestamp_ns), data)
-            self.counts[topic] += 1
+        self._pending.acquire()
+        try:
+            self._thread.submit(self._write, topic, connection, int(timestamp_ns), bytes(data))
+        except RuntimeError:  # closed meanwhile
+            self._pending.release()
+            raise BagError(f'bag {self.path} is closed') from None
+
+    def _write(self, topic: str, connection: object, timestamp_ns: int, data: bytes) -> None:
+        try:
+            if self._failure is None:
+                self._writer.write(connection, timestamp_ns, data)
+                self.counts[topic] += 1
+        except Exception as err:  # disk full, I/O error: reported by the next call
+            self._failure = f'writing to bag {self.path} failed: {err}'
+        finally:
+            self._pending.release()
 
     def write_message(self, topic: str, message: object, timestamp_ns: int) -> None:
-        """Serialise a rosbags message with this writer's typestore and write it."""
+        """Serialise a rosbags message with this writer's typestore and queue it."""
         connection = self._connections.get(topic)
         if connection is None:
             raise BagError(f'topic {topic} was not added to bag {self.path}')
@@ -209,13 +231,21 @@ class BagWriter:
         return self._open
 
     def close(self) -> None:
-        """Finish the storage file and write ``metadata.yaml``; idempotent."""
+        """Write what is queued, finish the storage file and ``metadata.yaml``; idempotent."""
         with self._lock:
-            if self._open:
-                self._open = False
-                self._writer.close()
+            if not self._open:
+                return
+            self._open = False
+        try:
+            self._thread.submit(self._writer.close).result()
+        finally:
+            self._thread.shutdown()
+        if self._failure is not None:
+            raise BagError(self._failure)
 
     def _check_open(self) -> None:
+        if self._failure is not None:
+            raise BagError(self._failure)
         if not self._open:
             raise BagError(f'bag {self.path} is closed')
 
