@@ -2,13 +2,17 @@
 Bags for learning and testing policies without the ros2 CLI (DESIGN §9).
 
     bag_tool info BAG [--json]
+    bag_tool train BAG [--config CFG] --out CKPT --updates N [--bc-alpha A]
+    bag_tool replay BAG --checkpoint CKPT [--json]
     bag_tool play BAG [--rate R] [--topics T ...] [--clock]
     bag_tool record BAG (--topics T ... | --all) [--storage mcap|sqlite3] [--duration S]
 
-``play`` publishes a bag's messages into the live graph with their original timing (x rate), so
-the policy node or the trainer runs from a bag exactly as from a simulator; ``record`` is
-``ros2 bag record`` for ROS 2 installs that lack it. Both decode and encode with the rosbags
-typestore of ``av_td3_ros.bags`` and talk to DDS through rclpy.
+``train`` learns offline (TD3+BC) from recorded transitions or from raw drive topics, turned
+into transitions by the actor's own code; ``replay`` runs a checkpoint open-loop on a drive and
+compares its actions with the recorded controls. ``play`` publishes a bag's messages into the
+live graph with their original timing (x rate), so the policy node or the trainer runs from a bag
+exactly as from a simulator; ``record`` is ``ros2 bag record`` for ROS 2 installs that lack it.
+All decode and encode with the rosbags typestore of ``av_td3_ros.bags``.
 """
 
 from __future__ import annotations
@@ -18,10 +22,17 @@ import array
 import functools
 import importlib
 import json
+from pathlib import Path
 import sys
 import time
 
-from av_td3_ros.bags import BagError, BagReader, BagWriter, known_distros, STORAGES
+from av_td3_ros.bags import (
+    bag_transitions, BagError, BagReader, BagWriter, expected_transitions, known_distros,
+    RawTopics, replay_policy, resolve_source, SOURCES, STORAGES, TRANSITIONS_TOPIC)
+from av_td3_ros.checkpoint import CheckpointError
+from av_td3_ros.config import TD3Config
+from av_td3_ros.learner_loop import Learner, LearnerOptions
+from av_td3_ros.policy import Policy
 import numpy as np
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
@@ -118,6 +129,141 @@ def cmd_info(args: argparse.Namespace) -> int:
     width = max((len(t.topic) for t in summary.topics), default=5)
     for topic in summary.topics:
         print(f'  {topic.topic:<{width}}  {topic.msgtype:<40}  {topic.count:>8}')
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# train
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr, redrawn at most every ``period`` seconds."""
+
+    def __init__(self, total: int, label: str, period: float = 0.5, width: int = 30) -> None:
+        self.total = max(total, 1)
+        self.label = label
+        self._period = period
+        self._width = width
+        self._start = time.monotonic()
+        self._last = 0.0
+
+    def update(self, done: int, extra: str = '', force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self._period:
+            return
+        self._last = now
+        fraction = min(done / self.total, 1.0)
+        filled = int(self._width * fraction)
+        elapsed = now - self._start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - done) / rate if rate > 0 else float('nan')
+        sys.stderr.write(
+            f'\r{self.label} [{"#" * filled}{"." * (self._width - filled)}] {done}/{self.total} '
+            f'{rate:.1f}/s eta {eta:.0f}s {extra}\033[K')
+        sys.stderr.flush()
+
+    def close(self, done: int, extra: str = '') -> None:
+        self.update(done, extra, force=True)
+        sys.stderr.write('\n')
+        sys.stderr.flush()
+
+
+def _raw_topics(args: argparse.Namespace) -> RawTopics:
+    return RawTopics(image=args.image_topic, odometry=args.odometry_topic,
+                     waypoints=args.waypoints_topic, control=args.control_topic,
+                     feedback=args.feedback_topic)
+
+
+def offline_config(base: TD3Config, bc_alpha: float, n_transitions: int) -> TD3Config:
+    """
+    Adapt a config to offline learning: TD3+BC weight, no warm-up, no rate limit.
+
+    The buffer holds exactly the bag (capacity is not part of the network architecture, so
+    the checkpoint still loads into a trainer with its own capacity).
+    """
+    return base.replace(bc_alpha=bc_alpha, learning_starts=0, samples_per_insert=0.0,
+                        checkpoint_every=0, buffer_capacity=max(n_transitions, 1))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    try:
+        base = TD3Config.from_yaml(args.config) if args.config else TD3Config()
+        if args.seed is not None:
+            base = base.replace(seed=args.seed)
+    except (OSError, ValueError) as err:
+        raise BagError(f'config {args.config}: {err}') from None
+    out = Path(args.out).expanduser().resolve()
+    if not out.parent.is_dir():
+        raise BagError(f'--out {out}: directory {out.parent} does not exist')
+    with BagReader(args.bag, args.distro) as reader:
+        source = resolve_source(reader, args.source, args.transitions_topic)
+        capacity = expected_transitions(reader, source, _raw_topics(args), args.transitions_topic)
+        try:
+            config = offline_config(base, args.bc_alpha, capacity)
+        except ValueError as err:
+            raise BagError(f'config: {err}') from None
+        learner = Learner(config, LearnerOptions(checkpoint_dir=str(out.parent), mode='realtime'))
+        try:
+            for stream, index, t in bag_transitions(reader, config.obs, source, _raw_topics(args),
+                                                    args.transitions_topic):
+                try:
+                    learner.insert(stream, t.episode_id, t.step, t.obs_frames, t.obs_vector,
+                                   t.action, t.reward, t.next_frame, t.next_vector,
+                                   t.terminated, t.truncated)
+                except ValueError as err:
+                    raise BagError(f'{reader.path}: transition {index} ({source}): {err}'
+                                   ) from None
+            loaded = len(learner.replay)
+            if loaded < config.batch_size:
+                raise BagError(f'{reader.path}: {loaded} transitions from {source} topics, fewer '
+                               f'than one batch ({config.batch_size}); record a longer drive or '
+                               'lower batch_size')
+            print(f'{loaded} transitions from {source} topics of {reader.path}; '
+                  f'{args.updates} TD3{"+BC" if args.bc_alpha > 0 else ""} updates '
+                  f'(bc_alpha {args.bc_alpha:g}, batch {config.batch_size})', file=sys.stderr)
+            bar = ProgressBar(args.updates, 'train')
+            extra = ''
+            for done in range(1, args.updates + 1):
+                learner.update_once()
+                stats = learner.stats()
+                extra = (f'critic {stats.critic_loss:.4f} actor {stats.actor_loss:.3f} '
+                         f'Q {stats.q_mean:.2f}')
+                bar.update(done, extra)
+            bar.close(args.updates, extra)
+            info = learner.save(out)
+        finally:
+            learner.stop()
+    stats = learner.stats()
+    print(json.dumps({'checkpoint': info.path, 'sha256': info.sha256, 'total_it': info.total_it,
+                      'transitions': loaded, 'source': source, 'bc_alpha': args.bc_alpha,
+                      'critic_loss': stats.critic_loss, 'actor_loss': stats.actor_loss,
+                      'q_mean': stats.q_mean}))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# replay
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    try:
+        policy = Policy.load(args.checkpoint)
+    except CheckpointError as err:  # names the file and what is wrong with it
+        raise BagError(str(err)) from None
+    except OSError as err:
+        raise BagError(f'checkpoint {args.checkpoint}: {err}') from None
+    with BagReader(args.bag, args.distro) as reader:
+        report = replay_policy(reader, policy, _raw_topics(args), args.steer_tol, args.tb_tol)
+    if args.json:
+        print(json.dumps(report.to_dict(steps=True)))
+        return 0
+    print(f'frames {report.frames}, compared {report.compared}')
+    for reason, n in sorted(report.skipped.items()):
+        print(f'  skipped {n}: {reason}')
+    print(f'mean |delta steer|          {report.mean_abs_steer_diff:.4f}')
+    print(f'mean |delta throttle_brake| {report.mean_abs_throttle_brake_diff:.4f}')
+    print(f'agreement rate              {report.agreement_rate:.3f} (|d steer| <= '
+          f'{report.steer_tol:g} and |d throttle_brake| <= {report.throttle_brake_tol:g})')
     return 0
 
 
@@ -320,6 +466,36 @@ def build_parser() -> argparse.ArgumentParser:
     add_bag(info)
     info.add_argument('--json', action='store_true', help='print JSON')
 
+    def add_raw_topics(p: argparse.ArgumentParser) -> None:
+        defaults = RawTopics()
+        for name in ('image', 'odometry', 'waypoints', 'control', 'feedback'):
+            p.add_argument(f'--{name}-topic', default=getattr(defaults, name),
+                           help=f'{name} topic (default {getattr(defaults, name)})')
+
+    train = sub.add_parser('train', help='offline TD3(+BC) from a bag; writes a v1 checkpoint')
+    add_bag(train)
+    train.add_argument('--config', default=None,
+                       help='TD3 config YAML (default: the DESIGN defaults)')
+    train.add_argument('--out', required=True, help='checkpoint file to write (.pth)')
+    train.add_argument('--updates', type=int, required=True, help='TD3 updates to run')
+    train.add_argument('--bc-alpha', type=float, default=2.5,
+                       help='TD3+BC alpha (Fujimoto & Gu 2021); 0 = plain TD3 (default 2.5)')
+    train.add_argument('--seed', type=int, default=None, help='override the config seed')
+    train.add_argument('--source', choices=SOURCES, default='auto',
+                       help='transitions topic or raw drive topics (auto: transitions if present)')
+    train.add_argument('--transitions-topic', default=TRANSITIONS_TOPIC)
+    add_raw_topics(train)
+
+    replay = sub.add_parser('replay', help='compare a policy with the recorded controls')
+    add_bag(replay)
+    replay.add_argument('--checkpoint', required=True, help='v1/legacy checkpoint or export')
+    replay.add_argument('--json', action='store_true', help='print JSON with per-step actions')
+    replay.add_argument('--steer-tol', type=float, default=0.1,
+                        help='agreement tolerance on steer (default 0.1)')
+    replay.add_argument('--tb-tol', type=float, default=0.2,
+                        help='agreement tolerance on throttle_brake (default 0.2)')
+    add_raw_topics(replay)
+
     play = sub.add_parser('play', help="publish a bag's messages with their original timing")
     add_bag(play)
     play.add_argument('--rate', type=_positive, default=1.0,
@@ -350,6 +526,10 @@ def main(args: list[str] | None = None) -> int:
     try:
         if options.command == 'info':
             return cmd_info(options)
+        if options.command == 'train':
+            return cmd_train(options)
+        if options.command == 'replay':
+            return cmd_replay(options)
         if options.command == 'play':
             return cmd_play(options, ros_args)
         return cmd_record(options, ros_args)
