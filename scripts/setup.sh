@@ -22,6 +22,10 @@ PY_PKGS="numpy pyyaml gymnasium safetensors opencv-python-headless rosbags matpl
  pytest pytest-timeout stable-baselines3 ruff
  flake8 pydocstyle flake8-builtins flake8-comprehensions flake8-docstrings flake8-import-order flake8-quotes"
 
+# Optional: the CARLA Python API, imported only by carla_episode_node; the tests check the CARLA
+# stand-in against its offline carla.Map when it is there. Wheels exist for some Pythons only.
+OPTIONAL_PKGS="carla==0.9.16"
+
 have_sourced_ros() {
   [ -n "${ROS_DISTRO:-}" ] && [ ! -f .venv/bin/activate ] && "$PY" -c "import rclpy" >/dev/null 2>&1
 }
@@ -31,12 +35,15 @@ if have_sourced_ros; then
   # Only the pure-Python extras; rclpy, colcon and the message packages come from the distro.
   "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install --user "$TORCH_SPEC"
   "$PY" -m pip install --user -q $PY_PKGS
+  "$PY" -m pip install --user -q $OPTIONAL_PKGS || echo "[setup] optional $OPTIONAL_PKGS not installed"
 else
-  WANT=$(echo "$TORCH_SPEC $ROS_PKGS $BUILD_PKGS $PY_PKGS" | sha256sum | cut -c1-16)
+  WANT=$(echo "$TORCH_SPEC $ROS_PKGS $BUILD_PKGS $PY_PKGS $OPTIONAL_PKGS" | sha256sum | cut -c1-16)
   if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     echo "[setup] creating .venv with ROS 2 from PyPI wheels (a few minutes, once)"
     [ -d .venv ] || "$PY" -m venv .venv
     .venv/bin/pip install -q --disable-pip-version-check "$TORCH_SPEC" $ROS_PKGS $BUILD_PKGS $PY_PKGS
+    .venv/bin/pip install -q --disable-pip-version-check $OPTIONAL_PKGS \
+      || echo "[setup] optional $OPTIONAL_PKGS not installed for this Python (its tests skip)"
     # The wheels' exported CMake targets name the wheel build machine's include directories;
     # point them at this interpreter's (see shared notes ros2-from-pypi.md).
     PYINC=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['include'])")
