@@ -8,9 +8,10 @@ For machines with ROS 2 from PyPI wheels, which have no ``ros2 launch``::
 
 Each configuration names the same executables, node names, YAML files and fixed parameters as
 its launch file (``launch/<name>.launch.py``; a test keeps the two in step). Parameters are applied
-as ``ros2 launch`` would: the package's ``config/<node>.yaml``, then every ``--params-file`` in
-order, then the configuration's fixed values, then ``--set`` (highest precedence). All nodes share
-one MultiThreadedExecutor; nodes keep their own callback groups and threads.
+as ``ros2 launch`` would, lowest precedence first: the package's ``config/<node>.yaml`` (to that
+node only), every ``--params-file`` in order (to every node; their sections select nodes), the
+configuration's fixed values, then ``--set``. All nodes share one MultiThreadedExecutor; nodes
+keep their own callback groups and threads.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 import importlib
 import os
 from pathlib import Path
+import sys
 import threading
 from typing import Any
 
@@ -107,11 +109,12 @@ class Bringup:
 
     ``params_files`` come after each node's default YAML file; ``overrides`` ({node: {param:
     value}}) win over everything, as ``ros2 launch`` parameters given after a params file do.
+    ``ros_args`` (``--ros-args ...``) are global to the context: log levels, remappings.
     """
 
     def __init__(self, configuration: str, params_files: Sequence[str | Path] = (),
                  overrides: dict[str, dict[str, Any]] | None = None, namespace: str = '',
-                 use_default_params: bool = True) -> None:
+                 use_default_params: bool = True, ros_args: Sequence[str] = ()) -> None:
         if configuration not in CONFIGURATIONS:
             raise ValueError(f'unknown configuration {configuration!r}; one of: '
                              f'{", ".join(CONFIGURATIONS)}')
@@ -121,9 +124,36 @@ class Bringup:
         if unknown:
             raise ValueError(f'--set names nodes not in {configuration}: {sorted(unknown)} '
                              f'(nodes: {", ".join(e.name for e in self.entries)})')
-        files = [config_dir() / e.params_file for e in self.entries] if use_default_params \
-            else []
-        files += [Path(f) for f in params_files]
+        user_files = [Path(f) for f in params_files]
+        for path in user_files:
+            if not path.is_file():
+                raise FileNotFoundError(f'parameters file not found: {path}')
+        # Large images over Fast DDS need its large-data transports (DESIGN §4); set before the
+        # first participant is created, unless the user chose something else.
+        os.environ.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
+        self.context = Context()
+        rclpy.init(args=list(ros_args), context=self.context)
+        self.nodes: dict[str, Node] = {}
+        self._thread: threading.Thread | None = None
+        try:
+            for entry in self.entries:
+                self.nodes[entry.name] = self._create(
+                    entry, user_files, {**entry.fixed, **overrides.get(entry.name, {})},
+                    namespace, use_default_params)
+        except BaseException:
+            self.shutdown()
+            raise
+        self.executor = MultiThreadedExecutor(num_threads=max(4, 2 * len(self.nodes)),
+                                              context=self.context)
+        for node in self.nodes.values():
+            self.executor.add_node(node)
+
+    def _create(self, entry: NodeEntry, user_files: list[Path], params: dict[str, Any],
+                namespace: str, use_default_params: bool) -> Node:
+        # Node-specific arguments, as a launch file gives them: the node's own YAML file (only
+        # to this node), then the user's files in order (their sections select the nodes);
+        # parameter_overrides (fixed values, --set) win over all files.
+        files = ([config_dir() / entry.params_file] if use_default_params else []) + user_files
         for path in files:
             if not path.is_file():
                 raise FileNotFoundError(f'parameters file not found: {path}')
@@ -132,27 +162,9 @@ class Bringup:
             args += ['--params-file', str(path)]
         if namespace:
             args += ['-r', f'__ns:={namespace}']
-        # Large images over Fast DDS need its large-data transports (DESIGN §4); set before the
-        # first participant is created, unless the user chose something else.
-        os.environ.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
-        self.context = Context()
-        rclpy.init(args=args, context=self.context)
-        self.nodes: dict[str, Node] = {}
-        try:
-            for entry in self.entries:
-                params = {**entry.fixed, **overrides.get(entry.name, {})}
-                node_class = getattr(importlib.import_module(entry.module), entry.class_name)
-                self.nodes[entry.name] = node_class(
-                    context=self.context,
-                    parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
-        except BaseException:
-            self.shutdown()
-            raise
-        self.executor = MultiThreadedExecutor(num_threads=max(4, 2 * len(self.nodes)),
-                                              context=self.context)
-        for node in self.nodes.values():
-            self.executor.add_node(node)
-        self._thread: threading.Thread | None = None
+        node_class = getattr(importlib.import_module(entry.module), entry.class_name)
+        return node_class(context=self.context, cli_args=args,
+                          parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
 
     def spin(self) -> None:
         """Spin all nodes in the calling thread until shutdown."""
@@ -169,15 +181,17 @@ class Bringup:
         self.executor.add_node(node)
 
     def shutdown(self) -> None:
-        """Destroy the nodes (the trainer finishes its checkpoint writes), then the context."""
-        for node in reversed(list(self.nodes.values())):
-            node.destroy_node()
-        self.nodes.clear()
-        if self.context.ok():
-            self.context.try_shutdown()
+        """Stop spinning, destroy the nodes (the trainer finishes its checkpoint writes), end."""
+        executor = getattr(self, 'executor', None)
+        if executor is not None:
+            executor.shutdown(timeout_sec=10.0)
         if self._thread is not None:
             self._thread.join(timeout=10.0)
             self._thread = None
+        for node in reversed(list(self.nodes.values())):
+            node.destroy_node()
+        self.nodes.clear()
+        self.context.try_shutdown()
 
 
 def main(args: list[str] | None = None) -> None:
@@ -194,12 +208,13 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument('--namespace', default='', help='push every node into this namespace')
     parser.add_argument('--no-default-params', action='store_true',
                         help='do not load the package config/<node>.yaml files')
-    ns, ros_args = parser.parse_known_args(args)
-    if ros_args and ros_args != ['--ros-args']:
-        parser.error(f'unexpected arguments: {" ".join(ros_args)}')
+    argv = list(sys.argv[1:] if args is None else args)
+    # ROS arguments (--ros-args --log-level debug, remappings, ...) apply to every node
+    ros_args = argv[argv.index('--ros-args'):] if '--ros-args' in argv else []
+    ns = parser.parse_args(argv[:len(argv) - len(ros_args)])
     try:
         bringup = Bringup(ns.configuration, ns.params_file, parse_set(ns.set), ns.namespace,
-                          use_default_params=not ns.no_default_params)
+                          use_default_params=not ns.no_default_params, ros_args=ros_args)
     except (ValueError, FileNotFoundError) as exc:
         print(f'[bringup] {exc}', flush=True)
         raise SystemExit(2) from None
