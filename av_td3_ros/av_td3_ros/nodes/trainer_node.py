@@ -18,6 +18,7 @@ from typing import Any
 
 from av_td3_interfaces.msg import PolicyWeights, TrainerStats, Transition
 from av_td3_interfaces.srv import LoadCheckpoint, SaveCheckpoint
+from av_td3_ros.bags import BagError, STORAGES, TransitionBagWriter
 from av_td3_ros.checkpoint import (
     CheckpointError, CheckpointInfo, newest_checkpoint, resolve_checkpoint_path)
 from av_td3_ros.config import TD3Config
@@ -33,6 +34,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import serialize_message
 
 NODE_NAME = 'av_td3_trainer'
 TRANSITIONS_TOPIC = '/av_td3/transitions'
@@ -101,6 +103,7 @@ class TrainerNode(Node):
         tensorboard_dir = self._param('tensorboard_dir')
         self._tensorboard = TensorBoardLog(tensorboard_dir) if tensorboard_dir else None
         self._transition_sinks: list = []
+        self._bag: TransitionBagWriter | None = None
         record_bag = self._param('record_bag')
         if record_bag:
             self._transition_sinks.append(self._open_bag_recorder(record_bag))
@@ -167,6 +170,8 @@ class TrainerNode(Node):
              f'{", ".join(MODES)})'),
             ('record_bag', '', 'rosbag2 file to record every received transition to '
              '(empty: no recording)'),
+            ('record_bag_storage', 'mcap', f'storage of record_bag (one of: '
+             f'{", ".join(STORAGES)})'),
             ('transition_queue_depth', 1000, 'depth of the reliable transitions subscription',
              1, 1_000_000),
         ]
@@ -225,8 +230,22 @@ class TrainerNode(Node):
 
     def _open_bag_recorder(self, path: str):
         """Return a transition sink writing to a rosbag2 file (the record_bag hook)."""
-        raise ValueError(f'record_bag={path!r}: recording transitions to a bag is not '
-                         'available in this build')
+        storage = self._param('record_bag_storage')
+        try:
+            self._bag = TransitionBagWriter(Path(path).expanduser(), storage,
+                                            self.resolve_topic_name(TRANSITIONS_TOPIC))
+        except BagError as exc:
+            raise ValueError(f'record_bag={path!r}: {exc}') from None
+        self.get_logger().info(f'recording received transitions to {self._bag.path} ({storage})')
+        bag, clock, logger = self._bag, self.get_clock(), self.get_logger()
+
+        def record(msg: Transition) -> None:
+            try:
+                bag.write_transition(serialize_message(msg), clock.now().nanoseconds)
+            except BagError as exc:
+                logger.error(f'record_bag: {exc}', throttle_duration_sec=10.0)
+
+        return record
 
     # ----------------------------------------------------------------------------- publishing
     def _publish_weights(self, update: WeightsUpdate) -> None:
@@ -332,6 +351,11 @@ class TrainerNode(Node):
         self.learner.stop()
         if self._tensorboard is not None:
             self._tensorboard.close()
+        if self._bag is not None:
+            try:
+                self._bag.close()
+            except BagError as exc:
+                self.get_logger().error(f'record_bag: {exc}')
         super().destroy_node()
 
 
