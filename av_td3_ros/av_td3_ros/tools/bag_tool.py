@@ -29,10 +29,7 @@ import time
 from av_td3_ros.bags import (
     bag_transitions, BagError, BagReader, BagWriter, expected_transitions, known_distros,
     RawTopics, replay_policy, resolve_source, SOURCES, STORAGES, TRANSITIONS_TOPIC)
-from av_td3_ros.checkpoint import CheckpointError
 from av_td3_ros.config import TD3Config
-from av_td3_ros.learner_loop import Learner, LearnerOptions
-from av_td3_ros.policy import Policy
 import numpy as np
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
@@ -186,6 +183,8 @@ def offline_config(base: TD3Config, bc_alpha: float, n_transitions: int) -> TD3C
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    # torch-heavy imports: only the learning commands pay for them (info/play/record start fast)
+    from av_td3_ros.learner_loop import Learner, LearnerOptions
     try:
         base = TD3Config.from_yaml(args.config) if args.config else TD3Config()
         if args.seed is not None:
@@ -246,6 +245,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from av_td3_ros.checkpoint import CheckpointError
+    from av_td3_ros.policy import Policy
     try:
         policy = Policy.load(args.checkpoint)
     except CheckpointError as err:  # names the file and what is wrong with it
