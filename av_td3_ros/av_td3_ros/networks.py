@@ -1,8 +1,10 @@
 """
 The networks of DESIGN §6/§7: two CNN variants, the actor and the twin critic.
 
-CNNs take the raw uint8 frame stack and scale it themselves (``image_scaling`` is part of the
-checkpoint), so frames stay uint8 everywhere else and are converted to float once, on the device.
+CNNs take the raw frame stack (uint8, or float pixel values from ``prepare_image``) and apply
+``image_scaling`` (part of the checkpoint) themselves, folded into the first convolution's weights:
+conv(a*x + b, W) = conv(x, a*W) + b*sum(W). That saves a pass over the largest tensor, and lets the
+learner convert a batch to float once for all the CNNs that read it.
 Parameter names follow the legacy av_td3_system (``fc1..fc3``, ``Q1.fc1..``, ``conv1, ln1, ..``)
 so its state dicts load without renaming.
 """
@@ -14,19 +16,27 @@ from collections.abc import Sequence
 from av_td3_ros.observation import IMAGE_SCALINGS
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 _SCALE = {'zero_one': (1.0 / 255.0, 0.0), 'minus_one_one': (2.0 / 255.0, -1.0)}
 
 
-def scale_image(image: torch.Tensor, image_scaling: str) -> torch.Tensor:
-    """Convert raw pixel values (uint8 or float 0..255) to the network's input range."""
-    scale, offset = _SCALE[image_scaling]
-    x = image.to(torch.float32) * scale
-    return x + offset if offset else x
+def prepare_image(image: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """
+    Convert uint8 frames to float32 pixel values (0..255, unscaled) in one pass.
+
+    channels_last (NHWC) makes oneDNN's CPU convolutions several times faster than NCHW here.
+    Float input is returned as it is (already prepared).
+    """
+    if image.is_floating_point():
+        return image
+    if channels_last:
+        return image.to(torch.float32, memory_format=torch.channels_last)
+    return image.to(torch.float32)
 
 
 class _ImageEncoder(nn.Module):
-    """Common part of the CNN variants: scaling and the memory-format switch."""
+    """Common part of the CNN variants: input preparation and the scaled first convolution."""
 
     def __init__(self, image_scaling: str) -> None:
         super().__init__()
@@ -34,14 +44,17 @@ class _ImageEncoder(nn.Module):
             raise ValueError(f'image_scaling must be one of {IMAGE_SCALINGS}, '
                              f'got {image_scaling!r}')
         self.image_scaling = image_scaling
-        # channels_last makes oneDNN's CPU convolutions faster; a runtime choice, not a weight.
+        # A runtime choice (the learner sets it on CPU), not part of the weights.
         self.channels_last = False
 
-    def _prepare(self, image: torch.Tensor) -> torch.Tensor:
-        x = scale_image(image, self.image_scaling)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+    def _first_conv(self, conv: nn.Conv2d, image: torch.Tensor) -> torch.Tensor:
+        """Apply ``conv`` to the scaled image, with the scaling folded into its weights."""
+        x = prepare_image(image, self.channels_last)
+        scale, offset = _SCALE[self.image_scaling]
+        bias = conv.bias
+        if offset:
+            bias = bias + offset * conv.weight.sum(dim=(1, 2, 3))
+        return F.conv2d(x, conv.weight * scale, bias, conv.stride, conv.padding)
 
 
 class NatureCNN(_ImageEncoder):
@@ -61,7 +74,8 @@ class NatureCNN(_ImageEncoder):
         self.features_dim = features_dim
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.cnn(self._prepare(image)))
+        x = torch.relu_(self._first_conv(self.cnn[0], image))
+        return self.linear(self.cnn[2:](x))
 
 
 class LegacyCNN(_ImageEncoder):
@@ -86,8 +100,7 @@ class LegacyCNN(_ImageEncoder):
         self.features_dim = features_dim
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = self._prepare(image)
-        x = self.act(self.ln1(self.conv1(x)))
+        x = self.act(self.ln1(self._first_conv(self.conv1, image)))
         x = self.act(self.ln2(self.conv2(x)))
         x = self.act(self.ln3(self.conv3(x)))
         return self.act(self.ln4(self.fc(torch.flatten(x, 1))))

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
+import dataclasses
 import json
 from typing import Any
 
 from av_td3_ros import __version__
 from av_td3_ros.config import TD3Config
-from av_td3_ros.networks import build_actor, build_cnn, build_critic
+from av_td3_ros.networks import build_actor, build_cnn, build_critic, prepare_image
 from av_td3_ros.replay import Batch, ReplayBuffer
 import numpy as np
 from safetensors.torch import save as safetensors_save
@@ -52,11 +52,13 @@ class TD3:
             self.actor = build_actor(config)
             self.critic_cnn = build_cnn(config)
             self.critic = build_critic(config)
+        # channels_last (NHWC) activations: oneDNN's fast CPU layout (NCHW weights measured
+        # faster than NHWC weights here).
+        self.channels_last = self.device.type == 'cpu'
         for name in NETWORKS:
             net = getattr(self, name).to(self.device)
             target = copy.deepcopy(net).requires_grad_(False)
             setattr(self, f'{name}_target', target)
-        self.channels_last = self.device.type == 'cpu'
         for name in ('actor_cnn', 'critic_cnn', 'actor_cnn_target', 'critic_cnn_target'):
             getattr(self, name).channels_last = self.channels_last
         self.actor_params = [*self.actor_cnn.parameters(), *self.actor.parameters()]
@@ -101,43 +103,68 @@ class TD3:
 
     def update(self, batch: Batch) -> None:
         """One TD3 step: critic every call, actor + targets every ``policy_delay`` calls."""
+        # Convert each image batch to float once; up to three CNN passes read each.
+        batch = dataclasses.replace(
+            batch, image=prepare_image(batch.image, self.channels_last),
+            next_image=prepare_image(batch.next_image, self.channels_last))
+        self.update_critic(batch)
+        self.total_it += 1
+        if self.total_it % self.config.policy_delay == 0:
+            self.update_actor(batch)
+            self.update_targets()
+
+    def update_critic(self, batch: Batch) -> None:
+        """Clipped double-Q step on critic_cnn + critic (targets and actor untouched)."""
         cfg = self.config
         limit = cfg.max_action
+        next_image = prepare_image(batch.next_image, self.channels_last)
         with torch.no_grad(), self._autocast():
             noise = torch.randn(batch.action.shape, generator=self.noise_generator,
                                 device=self.device)
             clip = cfg.noise_clip * limit
             noise = (noise * (cfg.target_noise * limit)).clamp_(-clip, clip)
-            next_action = (self.actor_target(self.actor_cnn_target(batch.next_image),
+            next_action = (self.actor_target(self.actor_cnn_target(next_image),
                                              batch.next_vector) + noise).clamp_(-limit, limit)
             target_q1, target_q2 = self.critic_target(
-                self.critic_cnn_target(batch.next_image), batch.next_vector, next_action)
+                self.critic_cnn_target(next_image), batch.next_vector, next_action)
             target_q = batch.reward + batch.not_done * cfg.gamma * torch.min(
                 target_q1, target_q2).float()
         with self._autocast():
-            q1, q2 = self.critic(self.critic_cnn(batch.image), batch.vector, batch.action)
+            q1, q2 = self.critic(self.critic_cnn(prepare_image(batch.image, self.channels_last)),
+                                 batch.vector, batch.action)
         critic_loss = F.mse_loss(q1.float(), target_q) + F.mse_loss(q2.float(), target_q)
         self._step(self.critic_optimizer, self.critic_params, critic_loss)
-        self.total_it += 1
         with torch.no_grad():
             self._record(0, critic_loss)
             self._record(2, q1.detach().float().mean())
 
-        if self.total_it % cfg.policy_delay == 0:
-            with self._autocast():
-                with torch.no_grad():
-                    critic_features = self.critic_cnn(batch.image)
-                pi = self.actor(self.actor_cnn(batch.image), batch.vector)
-                q = self.critic.q1(critic_features, batch.vector, pi).float()
-            if cfg.bc_alpha > 0:  # TD3+BC (Fujimoto & Gu 2021)
-                lmbda = cfg.bc_alpha / q.abs().mean().detach().clamp_min(1e-6)
-                actor_loss = -lmbda * q.mean() + F.mse_loss(pi.float(), batch.action)
-            else:
-                actor_loss = -q.mean()
-            self._step(self.actor_optimizer, self.actor_params, actor_loss)
+    def update_actor(self, batch: Batch) -> None:
+        """
+        Deterministic policy-gradient step on actor_cnn + actor.
+
+        The critic's features are computed under no_grad, so no gradient reaches critic_cnn;
+        ``backward(inputs=...)`` keeps the critic head's gradients untouched too.
+        """
+        cfg = self.config
+        image = prepare_image(batch.image, self.channels_last)
+        with self._autocast():
             with torch.no_grad():
-                self._record(1, actor_loss)
-                torch._foreach_lerp_(self._target, self._online, cfg.tau)
+                critic_features = self.critic_cnn(image)
+            pi = self.actor(self.actor_cnn(image), batch.vector)
+            q = self.critic.q1(critic_features, batch.vector, pi).float()
+        if cfg.bc_alpha > 0:  # TD3+BC (Fujimoto & Gu 2021)
+            lmbda = cfg.bc_alpha / q.abs().mean().detach().clamp_min(1e-6)
+            actor_loss = -lmbda * q.mean() + F.mse_loss(pi.float(), batch.action)
+        else:
+            actor_loss = -q.mean()
+        self._step(self.actor_optimizer, self.actor_params, actor_loss)
+        with torch.no_grad():
+            self._record(1, actor_loss)
+
+    @torch.no_grad()
+    def update_targets(self) -> None:
+        """Polyak-average all four target networks toward the online ones (one fused op)."""
+        torch._foreach_lerp_(self._target, self._online, self.config.tau)
 
     def _step(self, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
               loss: torch.Tensor) -> None:
@@ -288,9 +315,3 @@ def export_policy_bytes(networks: dict[str, dict[str, torch.Tensor]], config: TD
                 'package_version': __version__, 'torch_version': str(torch.__version__)}
     return safetensors_save(tensors, metadata=metadata)
 
-
-def state_bytes(state: dict) -> bytes:
-    """Serialise with torch.save into bytes (for hashing and for tests)."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
