@@ -17,7 +17,9 @@ import contextlib
 from dataclasses import dataclass
 import functools
 from pathlib import Path
+import sqlite3
 import threading
+import time
 
 from ament_index_python.packages import get_package_share_directory, PackageNotFoundError
 from av_td3_ros.actor import (
@@ -145,11 +147,14 @@ class BagWriter:
     earlier write at the next call. Messages are CDR bytes, so a node hands over what
     ``rclpy.serialization.serialize_message`` returns; a tool hands over rosbags messages
     (``write_message``). ``metadata.yaml`` is written by ``close()``: close the writer on
-    shutdown, or the bag is left without it.
+    shutdown, or the bag is left without it. A process that dies without closing loses an
+    mcap file (its summary is written last); sqlite3 commits every ``flush_period_s``, so the
+    ``.db3`` file keeps what was written until then and reads as a bare storage file.
     """
 
     def __init__(self, path: str | Path, storage: str = 'mcap',
-                 typestore: Typestore | None = None, max_pending: int = 1024) -> None:
+                 typestore: Typestore | None = None, max_pending: int = 1024,
+                 flush_period_s: float = 5.0) -> None:
         if storage not in _STORAGE_PLUGINS:
             raise BagError(f'bag storage must be one of {STORAGES}, got {storage!r}')
         self.path = Path(path)
@@ -166,6 +171,8 @@ class BagWriter:
         self._lock = threading.Lock()
         self._connections: dict = {}
         self._failure: str | None = None
+        self._flush_period_s = flush_period_s
+        self._flushed_at = time.monotonic()
         self.counts: dict[str, int] = {}
         try:
             self._thread.submit(self._writer.open).result()
@@ -213,6 +220,8 @@ class BagWriter:
             if self._failure is None:
                 self._writer.write(connection, timestamp_ns, data)
                 self.counts[topic] += 1
+                if time.monotonic() - self._flushed_at >= self._flush_period_s:
+                    self._commit()   # what a crash would otherwise lose
         except Exception as err:  # disk full, I/O error: reported by the next call
             self._failure = f'writing to bag {self.path} failed: {err}'
         finally:
@@ -225,6 +234,19 @@ class BagWriter:
             raise BagError(f'topic {topic} was not added to bag {self.path}')
         data = self.typestore.serialize_cdr(message, connection.msgtype)
         self.write(topic, bytes(data), timestamp_ns)
+
+    def flush(self) -> None:
+        """Wait until every queued message is written (and, for sqlite3, committed)."""
+        with self._lock:
+            self._check_open()
+        self._thread.submit(self._commit).result()
+        if self._failure is not None:
+            raise BagError(self._failure)
+
+    def _commit(self) -> None:
+        if self.storage == 'sqlite3' and self._failure is None:
+            self._writer.storage.conn.commit()
+        self._flushed_at = time.monotonic()
 
     @property
     def is_open(self) -> bool:
@@ -260,8 +282,8 @@ class TransitionBagWriter(BagWriter):
     """The trainer's ``record_bag``: every Transition it receives, as ``ros2 bag record`` would."""
 
     def __init__(self, path: str | Path, storage: str = 'mcap',
-                 topic: str = TRANSITIONS_TOPIC) -> None:
-        super().__init__(path, storage)
+                 topic: str = TRANSITIONS_TOPIC, flush_period_s: float = 5.0) -> None:
+        super().__init__(path, storage, flush_period_s=flush_period_s)
         self.topic = topic
         self.add_topic(topic, TRANSITION_TYPE)
 
@@ -330,6 +352,25 @@ def _storage_of(path: Path) -> str:
     return {'.mcap': 'mcap', '.db3': 'sqlite3'}.get(path.suffix, 'unknown')
 
 
+def _roll_back_hot_journal(db3: Path) -> None:
+    """
+    Undo the unfinished transaction of a writer that died (a ``-journal`` beside the file).
+
+    rosbags opens sqlite files immutable, which would read the half-written pages as they are;
+    opening the file once read-write makes sqlite restore the last committed state.
+    """
+    if not db3.with_name(db3.name + '-journal').exists():
+        return
+    try:
+        connection = sqlite3.connect(db3)
+        try:
+            connection.execute('SELECT count(*) FROM sqlite_master').fetchone()
+        finally:
+            connection.close()
+    except sqlite3.Error as err:
+        raise BagError(f'{db3}: cannot recover the unfinished write: {err}') from None
+
+
 class BagReader:
     """
     Read a rosbag2 bag (directory with ``metadata.yaml``, or a bare ``.db3`` / ``.mcap`` file).
@@ -347,6 +388,8 @@ class BagReader:
         if self.path.suffix == '.bag':
             raise BagError(f'{self.path} is a ROS 1 bag; convert it with rosbags-convert first')
         self.storage = _storage_of(self.path)
+        if self.storage == 'sqlite3' and self.path.is_file():
+            _roll_back_hot_journal(self.path)
         self.ros_distro = distro or self._recorded_distro()
         self._reader = AnyReader(
             [self.path], default_typestore=project_typestore(self._fallback_distro()))

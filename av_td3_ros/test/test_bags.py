@@ -12,6 +12,8 @@ import json
 import math
 from pathlib import Path
 import sqlite3
+import subprocess
+import sys
 import threading
 
 from av_td3_interfaces.msg import StepFeedback, Transition
@@ -394,3 +396,29 @@ def test_replay_report_compares_with_recorded_controls(tmp_path):
     agree = [s % 2 == 0 and s != 3 for e, s in compared]
     assert report.agreement_rate == pytest.approx(np.mean(agree))
     assert report.to_dict()['steps'][0]['recorded'] == pytest.approx([0.5, 0.6])
+
+
+def test_sqlite_bag_keeps_flushed_messages_when_the_writer_dies(tmp_path):
+    """A process killed before close(): the .db3 still holds what was committed."""
+    script = (
+        'import os, sys\n'
+        'from av_td3_ros.bags import TransitionBagWriter\n'
+        'writer = TransitionBagWriter(sys.argv[1], "sqlite3", flush_period_s=3600.0)\n'
+        'for i in range(30):\n'
+        '    writer.write_transition(bytes.fromhex(sys.argv[2]), i)\n'
+        'writer.flush()\n'
+        # a tiny page cache, so that uncommitted pages spill into the file as in a long run
+        'writer._thread.submit(writer._writer.storage.conn.execute, "PRAGMA cache_size=4")\n'
+        'for i in range(30, 130):\n'
+        '    writer.write_transition(bytes.fromhex(sys.argv[2]), i)\n'
+        'writer._thread.submit(lambda: None).result()\n'   # written, not committed
+        'os._exit(0)\n')
+    data = serialize_message(_transition(2))
+    subprocess.run([sys.executable, '-c', script, str(tmp_path / 'dead'), data.hex()],
+                   check=True, timeout=60)
+    assert not (tmp_path / 'dead' / 'metadata.yaml').exists()
+    assert (tmp_path / 'dead' / 'dead.db3-journal').exists()   # the unfinished transaction
+    with BagReader(tmp_path / 'dead' / 'dead.db3') as reader:
+        steps = [m.message.step for m in reader.messages()]
+    assert not (tmp_path / 'dead' / 'dead.db3-journal').exists()   # rolled back, not ignored
+    assert len(steps) == 30 and set(steps) == {2 % 3}   # the 100 after flush() were not committed
