@@ -569,6 +569,8 @@ class CarlaEpisode:
             waypoints = plan_route(w.carla_map, start, goal, self._rng, cfg.route_length_m,
                                    cfg.waypoint_spacing_m, w.graph)
             length = (len(waypoints) - 1) * cfg.waypoint_spacing_m
+            if goal is not None and len(waypoints) < 2:
+                raise RoutePlanningError('start_xy and goal_xy are the same point of the road')
             if goal is not None or length >= cfg.min_route_length_m:
                 return waypoints
         raise RoutePlanningError(f'no random start gave a route of at least '

@@ -716,6 +716,51 @@ def test_node_publishes_route_feedback_and_resets_over_dds(carla_msgs, tmp_path)
         spin.join(timeout=5.0)
 
 
+@pytest.mark.ros
+def test_node_waits_for_the_server_and_the_ego_vehicle(carla_msgs):
+    """No server, then a world without the ego: reset refused, node retries, then starts."""
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+    from std_srvs.srv import Trigger
+    world, ego, _ = _make_world()
+    ego.destroy()
+    client = cs.Client()                                  # no simulator answering yet
+    api = cs.module()
+    api.Client = lambda host, port, worker_threads=0: client
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    executor = MultiThreadedExecutor(num_threads=3, context=context)
+    node = _node_module().CarlaEpisodeNode(
+        api, carla_msgs, context=context,
+        parameter_overrides=[Parameter('connect_retry_s', value=0.1)])
+    caller = rclpy.create_node('reset_caller', context=context)
+    reset = caller.create_client(Trigger, '/av_td3_carla_episode/reset')
+    executor.add_node(node)
+    executor.add_node(caller)
+    spin = threading.Thread(target=executor.spin, daemon=True)
+    spin.start()
+    try:
+        assert reset.wait_for_service(timeout_sec=5.0)
+        time.sleep(0.3)                                   # a few failed connection attempts
+        future = reset.call_async(Trigger.Request())
+        assert _wait(future.done)
+        assert not future.result().success and 'not connected' in future.result().message
+        client._world = world                             # the server is up, no ego yet
+        time.sleep(0.3)
+        assert node.last_plan is None and not node._episode.connected
+        blueprint = world.get_blueprint_library().find('vehicle.audi.tt')
+        blueprint.set_attribute('role_name', 'ego_vehicle')
+        world.spawn_actor(blueprint, world.get_map().get_spawn_points()[3])
+        assert _wait(lambda: node.last_plan is not None)  # found it, first episode planned
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        caller.destroy_node()
+        rclpy.shutdown(context=context)
+        spin.join(timeout=5.0)
+
+
 def test_node_refuses_bad_parameters_with_one_clear_error(carla_msgs):
     import rclpy
     from rclpy.parameter import Parameter
@@ -752,34 +797,73 @@ def test_main_fails_with_one_line_without_the_carla_api(monkeypatch):
 
 # --------------------------------------------------------------------------- a real server
 
+needs_server = pytest.mark.skipif(
+    not os.environ.get('CARLA_HOST') or real_carla is None,
+    reason='needs a running CARLA server (set CARLA_HOST, CARLA_PORT) and the carla wheel; '
+    'run it in asynchronous mode with no bridge attached')
 
-@pytest.mark.carla
-@pytest.mark.skipif(not os.environ.get('CARLA_HOST'),
-                    reason='needs a running CARLA server: set CARLA_HOST (and CARLA_PORT)')
-def test_episode_on_a_real_carla_server():
-    """Spawn an ego vehicle, plan, teleport and step on a real town (no bridge needed)."""
-    if real_carla is None:
-        pytest.skip('the carla wheel is not installed')
+
+def _real_ego(role):
     client = real_carla.Client(os.environ['CARLA_HOST'], int(os.environ.get('CARLA_PORT', 2000)))
     client.set_timeout(20.0)
     world = client.get_world()
     blueprint = world.get_blueprint_library().find('vehicle.tesla.model3')
-    blueprint.set_attribute('role_name', 'av_td3_test_ego')
+    blueprint.set_attribute('role_name', role)
     ego = world.spawn_actor(blueprint, world.get_map().get_spawn_points()[0])
+    world.wait_for_tick()
+    return client, world, ego
+
+
+@pytest.mark.carla
+@needs_server
+def test_episode_on_a_real_carla_server():
+    """Plan, teleport, traffic and step 0 on a real town (no bridge needed)."""
+    client, world, ego = _real_ego('av_td3_test_ego')
     episode = CarlaEpisode(real_carla, client, CarlaEpisodeConfig(
         role_name='av_td3_test_ego', scenario=1, npc_light=5, seed=3), WEIGHTS)
     try:
-        episode.connect()
+        assert 'asynchronous' in episode.connect()
         plan = episode.new_episode()
         assert len(plan.route) > 20
         steps = np.hypot(*np.diff(plan.route[:, :2], axis=0).T)
         assert np.all(steps < 2.5)
-        world.wait_for_tick() if not world.get_settings().synchronous_mode else world.tick()
+        world.wait_for_tick()
         t = ego.get_transform()
         x, y, yaw = carla_to_enu(t.location.x, t.location.y, t.rotation.yaw)
-        first = episode.on_frame(1.0, OdometrySample(1.0, x, y, yaw, 0.0, t.location.z))
+        odom = OdometrySample(1.0, x, y, yaw, 0.0, t.location.z)
+        first = episode.on_frame(1.0, odom)
         assert first is not None and first.step == 0
-        assert episode.off_road_fraction(OdometrySample(1.0, x, y, yaw, 0.0, t.location.z)) == 0
+        assert episode.off_road_fraction(odom) == 0.0 and not episode.wrong_way(odom)
     finally:
         episode.close()
+        ego.destroy()
+
+
+@pytest.mark.carla
+@needs_server
+def test_node_on_a_real_carla_server_publishes_the_route():
+    """The node with the real carla module and the installed carla_msgs plans a route."""
+    import rclpy
+    carla_msgs = pytest.importorskip('carla_msgs.msg', reason='needs carla_msgs (build '
+                                     'carla-ros-bridge and source it)')
+    client, world, ego = _real_ego('av_td3_test_node_ego')
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    node = _node_module().CarlaEpisodeNode(
+        real_carla, carla_msgs, context=context, parameter_overrides=[
+            Parameter('host', value=os.environ['CARLA_HOST']),
+            Parameter('port', value=int(os.environ.get('CARLA_PORT', 2000))),
+            Parameter('role_name', value='av_td3_test_node_ego')])
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    try:
+        end = time.monotonic() + 30.0
+        while node.last_plan is None and time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.1)
+        assert node.last_plan is not None and len(node.last_plan.route) > 20
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
         ego.destroy()

@@ -276,6 +276,11 @@ class CarlaEpisodeNode(Node):
                 self.get_logger().error(f'CARLA error, reconnecting: {exc}',
                                         throttle_duration_sec=10.0)
                 self._episode.disconnect()
+            except Exception as exc:   # the worker must outlive any one bad step
+                self._answer_resets(False, f'internal error: {exc!r}')
+                self.get_logger().error(f'CARLA worker error (step skipped): {exc!r}',
+                                        throttle_duration_sec=10.0)
+                self._stop.wait(0.1)
 
     def _connect(self) -> None:
         if self._episode.client is None:
