@@ -300,13 +300,16 @@ def test_scenarios_spawn_autopilot_traffic_away_from_the_ego(scenario, expected)
 def test_new_episode_teleports_the_ego_to_the_route_start():
     episode, world, ego = _episode(seed=2, route_length_m=120.0)
     episode.events.add_collision(CollisionRecord(0.5, 1, 1.0))
+    ego.set_target_velocity(cs.Vector3D(4.0, 1.0, 0.0))          # moving when the episode ends
+    ego.set_target_angular_velocity(cs.Vector3D(0.0, 0.0, 20.0))
     plan = episode.new_episode()
     assert plan.episode_id == 1 and len(plan.route) == 61
     t = ego.get_transform()
     x, y, yaw = carla_to_enu(t.location.x, t.location.y, t.rotation.yaw)
     assert (x, y) == pytest.approx(plan.start[:2]) and yaw == pytest.approx(plan.start[2])
     assert t.location.z == pytest.approx(0.5)                      # road z + spawn_z_offset
-    assert ego.get_velocity().length() == 0.0 and ego.control.brake == 1.0
+    assert ego.get_velocity().length() == 0.0 and ego.angular_velocity.length() == 0.0
+    assert ego.control.brake == 1.0 and ego.control.throttle == 0.0
     assert len(episode.events) == 0
     wp = world.get_map().get_waypoint(cs.Location(t.location.x, t.location.y))
     assert math.dist((wp.transform.location.x, -wp.transform.location.y), plan.start[:2]) < 1e-6
@@ -386,6 +389,19 @@ def test_reward_is_the_shared_pure_function():
     assert second.lateral_deviation_m == pytest.approx(0.4)
     assert second.reward == pytest.approx(expected.reward)
     assert second.terms == pytest.approx(expected.terms)
+
+
+def test_off_road_and_wrong_way_reach_the_reward():
+    # road 1 of the ring, lane -1 (ENU y = -1.75, heading east): the road edge is at y = -3.5
+    episode, _, _ = _episode(random_start=False, start_xy=(5.0, -1.75))
+    episode.new_episode()
+    _start(episode)
+    [on_edge] = _drive(episode, 1, lateral=-1.75)
+    assert on_edge.terms['off_road'] == pytest.approx(-WEIGHTS.off_road * 0.4)  # 2 of 5 points
+    assert on_edge.terms['wrong_way'] == 0.0
+    [backwards] = _drive(episode, 1, heading_offset=math.pi, first_k=2)
+    assert backwards.terms['wrong_way'] == -WEIGHTS.wrong_way
+    assert backwards.terms['off_road'] == 0.0
 
 
 def test_collisions_lane_invasions_and_stale_events():

@@ -356,12 +356,10 @@ class CarlaEpisodeNode(Node):
                 outcome = self._episode.on_frame(stamp, odom)
             if outcome is not None:
                 self._publish_feedback(outcome, stamp_msg)
-                if outcome.done:
+                if outcome.done:        # the worker loop starts the next one (auto_reset)
                     self.get_logger().info(
                         f'episode {outcome.episode_id} ended after {outcome.step} steps: '
                         f'{outcome.reason}, {outcome.distance_m:.1f} m driven')
-                    if self._p['auto_reset']:
-                        self._start_episode()
 
     def _publish_feedback(self, outcome: StepOutcome, stamp_msg: Any) -> None:
         msg = StepFeedback()
