@@ -189,11 +189,11 @@ class CarlaEpisodeNode(Node):
                                  reliable, callback_group=inputs)
         self.create_service(Trigger, '~/reset', self._on_reset,
                             callback_group=MutuallyExclusiveCallbackGroup())
-        self._worker = threading.Thread(target=self._run, name='carla_worker', daemon=True)
-        self._worker.start()
         self.get_logger().info(
             f'waiting for CARLA at {value["host"]}:{value["port"]} and ego vehicle '
             f'{role!r}; steps from {value["camera_info_topic"]}')
+        self._worker = threading.Thread(target=self._run, name='carla_worker', daemon=True)
+        self._worker.start()
 
     # ------------------------------------------------------------------ subscriptions
 
@@ -283,22 +283,22 @@ class CarlaEpisodeNode(Node):
                 self._stop.wait(0.1)
 
     def _connect(self) -> None:
-        if self._episode.client is None:
+        client = self._episode.client
+        if client is None:
             client = self._carla.Client(self._p['host'], self._p['port'])
             client.set_timeout(self._p['timeout_s'])
             self._episode.client = client
-            client_version, server_version = (client.get_client_version(),
-                                              client.get_server_version())
-            if client_version != server_version:
-                self.get_logger().warning(
-                    f'carla client {client_version} and server {server_version} differ; '
-                    'install the carla wheel of the server version')
         try:
             message = self._episode.connect()
         except CarlaSetupError as exc:
             self.get_logger().info(f'{exc}; retrying', throttle_duration_sec=10.0)
             return
         self.get_logger().info(message)
+        client_version, server_version = client.get_client_version(), client.get_server_version()
+        if client_version != server_version:
+            self.get_logger().warning(
+                f'carla client {client_version} and server {server_version} differ; install '
+                'the carla wheel of the server version')
 
     def _take_resets(self) -> list[_ResetRequest]:
         with self._lock:
