@@ -862,7 +862,7 @@ def test_node_on_a_real_carla_server_publishes_the_route():
     import rclpy
     carla_msgs = pytest.importorskip('carla_msgs.msg', reason='needs carla_msgs (build '
                                      'carla-ros-bridge and source it)')
-    client, world, ego = _real_ego('av_td3_test_node_ego')
+    _, _, ego = _real_ego('av_td3_test_node_ego')
     context = rclpy.Context()
     rclpy.init(context=context)
     from rclpy.executors import SingleThreadedExecutor
