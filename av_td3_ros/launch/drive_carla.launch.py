@@ -29,7 +29,8 @@ ARGUMENTS = {
     'town': ('Town01', 'CARLA town (or an .xodr file) the bridge loads'),
     'role_name': ('ego_vehicle', 'role name of the ego vehicle (objects file id)'),
     'objects_file': ('', 'carla_spawn_objects definition; empty = config/carla_objects.json'),
-    'spawn_point': ('', 'initial ego pose "x,y,z,roll,pitch,yaw" (CARLA frame); empty = random'),
+    'spawn_point': ('None', 'initial ego pose "x,y,z,roll,pitch,yaw" in the ROS map frame '
+                    '(degrees); None = a random spawn point'),
     'synchronous_mode': ('True', 'bridge ticks CARLA in synchronous mode'),
     'wait_for_control': ('True', 'in synchronous mode, tick only after the control command '
                          '(synchronous_mode_wait_for_vehicle_control_command)'),

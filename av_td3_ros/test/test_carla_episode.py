@@ -500,7 +500,7 @@ def test_objects_file_defines_the_ego_vehicle_the_nodes_expect():
     objects = json.loads((PACKAGE / 'config' / 'carla_objects.json').read_text())['objects']
     [ego] = [o for o in objects if o['id'] == 'ego_vehicle']
     assert ego['type'].startswith('vehicle.')
-    sensors = {o['id']: o for o in ego['objects']}
+    sensors = {o['id']: o for o in ego['sensors']}   # carla_spawn_objects reads "sensors"
     camera = sensors['rgb_front']
     assert camera['type'] == 'sensor.camera.rgb'
     assert (camera['image_size_x'], camera['image_size_y']) == (800, 600)
