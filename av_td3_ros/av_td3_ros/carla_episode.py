@@ -435,6 +435,7 @@ class CarlaEpisode:
         self._w: _World | None = None
         self._episode: _EpisodeState | None = None
         self._start_transform: Any = None
+        self._stale_npcs: list[Any] = []     # spawned before a lost connection
         self.episode_id = 0
         self.events = EventLog()
 
@@ -447,10 +448,6 @@ class CarlaEpisode:
     @property
     def episode(self) -> _EpisodeState | None:
         return self._episode
-
-    @property
-    def synchronous(self) -> bool:
-        return bool(self._w and self._w.world.get_settings().synchronous_mode)
 
     def find_ego(self, world: Any) -> Any | None:
         for actor in world.get_actors().filter('vehicle.*'):
@@ -488,6 +485,13 @@ class CarlaEpisode:
         tm.set_random_device_seed(self.config.seed)
         tm.set_global_distance_to_leading_vehicle(2.5)
         self._w = _World(world=world, carla_map=carla_map, ego=ego, traffic_manager=tm)
+        for vehicle in self._stale_npcs:    # a time-out, not a restart, leaves them behind
+            try:
+                if vehicle.is_alive:
+                    vehicle.destroy()
+            except RuntimeError:
+                pass                        # the server restarted: they are gone already
+        self._stale_npcs = []
         spawned = self._spawn_traffic(self.config.npc_count)
         settings = world.get_settings()
         mode = (f'synchronous, fixed_delta_seconds {settings.fixed_delta_seconds}'
@@ -523,6 +527,8 @@ class CarlaEpisode:
 
     def disconnect(self) -> None:
         """Forget the world after a client error (the server may be gone); keep episode ids."""
+        if self._w is not None:
+            self._stale_npcs.extend(self._w.npcs)
         self._w, self._episode = None, None
 
     def close(self) -> None:

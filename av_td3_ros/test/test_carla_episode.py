@@ -290,6 +290,9 @@ def test_scenarios_spawn_autopilot_traffic_away_from_the_ego(scenario, expected)
         assert npc.get_location().distance(ego.get_location()) >= 15.0
     tm = episode.client.get_trafficmanager(8123)
     assert tm.seed == 5 and tm.synchronous_mode is False    # the bridge ticks, not this client
+    episode.disconnect()                                    # a client time-out, then back:
+    episode.connect()                                       # the old NPCs are replaced
+    assert len(world.get_actors().filter('vehicle.*')) == expected + 1
     episode.close()
     assert len(world.get_actors().filter('vehicle.*')) == 1
 
