@@ -131,6 +131,9 @@ class Bringup:
         # Large images over Fast DDS need its large-data transports (DESIGN §4); set before the
         # first participant is created, unless the user chose something else.
         os.environ.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
+        # ... and a shared-memory segment that holds them, or the small reliable topics beside
+        # the images (odometry, feedback, control) stall for seconds (see config/fastdds.xml).
+        os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(config_dir() / 'fastdds.xml'))
         self.context = Context()
         rclpy.init(args=list(ros_args), context=self.context)
         self.nodes: dict[str, Node] = {}
