@@ -123,6 +123,9 @@ class _PixelTable:
 
 
 ATLAS_PAD = 2                 # replicated border around each level (bilinear reads 1 beyond)
+# textures of recently used roads (worlds of one seed share them: tests, env resets, nodes)
+_ATLAS_CACHE: dict[tuple, _Atlas] = {}
+_ATLAS_CACHE_SIZE = 4
 
 
 # box corners: bottom 0-3 then top 4-7, counter-clockwise from front-left (signs along the
@@ -145,7 +148,6 @@ class Renderer:
         unit = 1 << (TEXTURE_LEVELS - 1)
         self.tex_shape = (unit * math.ceil((y1 - y0) / TEXTURE_RES_M / unit),
                           unit * math.ceil((x1 - x0) / TEXTURE_RES_M / unit))
-        self._atlases: dict[str, _Atlas] = {}
         self._tables: dict[tuple[int, int], _PixelTable] = {}
 
     # -- textures -----------------------------------------------------------------------------
@@ -181,24 +183,30 @@ class Renderer:
         """Gray texture noise (blotches ~1 m, grain per cell), amplitude by surface class."""
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 7]))
         h, w = labels.shape
-        coarse = rng.standard_normal((h // 20 + 2, w // 20 + 2)).astype(np.float32)
-        blotch = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
-        grain = rng.integers(-8, 9, size=(h, w), dtype=np.int8).astype(np.float32) / 8.0
-        amp = SURFACE_NOISE[labels]
-        return blotch * amp[..., 0] + grain * amp[..., 1]
+        coarse = rng.standard_normal((h // 20 + 2, w // 20 + 2), dtype=np.float32)
+        noise = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
+        noise *= cv2.LUT(labels, _lut(SURFACE_NOISE[:, 0]))
+        grain = cv2.LUT(labels, _lut(SURFACE_NOISE[:, 1] / 8.0))
+        grain *= rng.integers(-8, 9, size=(h, w), dtype=np.int8)
+        noise += grain
+        return noise
 
     def _atlas(self, kind: str) -> _Atlas:
         """Texture pyramid (gray or BGRA) packed in one image; level k has 5 cm * 2**k cells."""
-        if kind in self._atlases:
-            return self._atlases[kind]
+        key = (self.seed, self.road.config, self.road.length, kind)
+        if key in _ATLAS_CACHE:
+            return _ATLAS_CACHE[key]
         labels = self.surface_labels()
         noise = self._noise(labels)
         if kind == 'gray':
-            base = (SURFACE_BGR @ LUMA_BGR)[labels] + noise
+            noise += cv2.LUT(labels, _lut(SURFACE_BGR @ LUMA_BGR))
+            level = cv2.convertScaleAbs(noise)   # rounds, saturates (values stay > 0)
         else:
-            base = SURFACE_BGR[labels] + noise[..., None]
-        level = np.clip(np.rint(base), 0, 255).astype(np.uint8)
-        del labels, noise, base
+            level = np.empty((*labels.shape, 3), np.uint8)
+            for channel in range(3):
+                level[..., channel] = cv2.convertScaleAbs(
+                    noise + cv2.LUT(labels, _lut(SURFACE_BGR[:, channel])))
+        del labels, noise
         if kind == 'bgra':
             level = cv2.cvtColor(level, cv2.COLOR_BGR2BGRA)
         levels = [level]
@@ -215,8 +223,10 @@ class Renderer:
             image[r - ATLAS_PAD:r + h + ATLAS_PAD, c - ATLAS_PAD:c + w + ATLAS_PAD] = \
                 cv2.copyMakeBorder(lv, ATLAS_PAD, ATLAS_PAD, ATLAS_PAD, ATLAS_PAD,
                                    cv2.BORDER_REPLICATE)
-        self._atlases[kind] = _Atlas(image, origins, shapes)
-        return self._atlases[kind]
+        while len(_ATLAS_CACHE) >= _ATLAS_CACHE_SIZE:
+            _ATLAS_CACHE.pop(next(iter(_ATLAS_CACHE)))
+        _ATLAS_CACHE[key] = _Atlas(image, origins, shapes)
+        return _ATLAS_CACHE[key]
 
     # -- per output size ----------------------------------------------------------------------
     def _table(self, out_w: int, out_h: int) -> _PixelTable:
@@ -388,6 +398,13 @@ class Renderer:
 def _signed_area(xy: np.ndarray) -> float:
     x, y = xy[:, 0], xy[:, 1]
     return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+
+
+def _lut(values: np.ndarray) -> np.ndarray:
+    """A 256-entry float32 lookup table for cv2.LUT over surface classes."""
+    table = np.zeros(256, np.float32)
+    table[:len(values)] = values
+    return table
 
 
 def _atlas_layout(shapes: list[tuple[int, int]]

@@ -320,12 +320,16 @@ class World:
         self._route_center[0] = self.start_s
         x, y, heading = road.pose(self.start_s, lane_offset(self.direction, road.config))
         yaw = float(heading) if self.direction > 0 else wrap_angle(float(heading) + math.pi)
-        self.ego = VehicleState(x=float(x), y=float(y), yaw=yaw)
         self.traffic = Traffic(road, rng, SCENARIO_NPCS[self.scenario], self.start_s,
                                self.direction, self.scenario, self.traffic_params)
-        self.route.reset_hint()
-        self.route_state = self.route.locate(self.ego.x, self.ego.y, self.ego.yaw)
+        self.place_ego(VehicleState(x=float(x), y=float(y), yaw=yaw))
         self.start_progress = self.route_state.progress_m
+
+    def place_ego(self, state: VehicleState) -> None:
+        """Teleport the ego (like CARLA's set_transform): events restart from this pose."""
+        self.ego = state
+        self.route.reset_hint()
+        self.route_state = self.route.locate(state.x, state.y, state.yaw)
         self._touching = self._markings_touched(self.route_state)
         self.events = StepEvents(gap_ahead_m=self._gap_ahead(self.route_state))
 
