@@ -61,8 +61,13 @@ def carla_actions(arg: dict) -> list:
     """Return the bridge, the ego vehicle, the episode node and the policy node."""
     role = arg['role_name']
     return [
-        # DESIGN §4: large camera images need Fast DDS's large-data transport (Jazzy and later).
+        # DESIGN §4: 800x600 frames over Fast DDS need the large-data transports and a
+        # shared-memory segment that holds them (config/fastdds.xml); the bridge, which
+        # publishes the camera, is started here and gets the same profile. Humble's Fast DDS
+        # reads FASTRTPS_DEFAULT_PROFILES_FILE and ignores FASTDDS_BUILTIN_TRANSPORTS.
         SetEnvironmentVariable('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA'),
+        SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', _share('config', 'fastdds.xml')),
+        SetEnvironmentVariable('FASTRTPS_DEFAULT_PROFILES_FILE', _share('config', 'fastdds.xml')),
         _include('carla_ros_bridge', 'carla_ros_bridge.launch.py', {
             'host': arg['host'], 'port': arg['port'], 'timeout': arg['timeout'],
             'town': arg['town'], 'passive': 'False',
