@@ -528,9 +528,9 @@ def test_launch_files_name_existing_executables_and_files():
                    and isinstance(n.value, str)}
         for executable in strings & {'carla_episode_node', 'policy_node', 'trainer_node'}:
             assert f"'{executable} = " in setup_py
-        for config in (s for s in strings if s.endswith(('.yaml', '.json')) and ' ' not in s):
-            assert (PACKAGE / 'config' / config).is_file() or config in (
-                'policy.yaml', 'trainer.yaml'), config   # owned by the policy/trainer nodes
+        for config in (s for s in strings
+                       if s.endswith(('.yaml', '.json', '.xml')) and ' ' not in s):
+            assert (PACKAGE / 'config' / config).is_file(), config
     drive = (PACKAGE / 'launch' / 'drive_carla.launch.py').read_text()
     for bridge_file in ('carla_ros_bridge.launch.py', 'carla_spawn_objects.launch.py'):
         assert bridge_file in drive
