@@ -107,15 +107,25 @@ def assert_same_weights(a, b):
             assert torch.equal(a[name][key], b[name][key]), f'{name}.{key} changed'
 
 
+def test_no_weights_before_learning_starts(graph):
+    # until its first update the learner has nothing to say: actors do TD3's random warm-up
+    node = graph['node']
+    wait_for(lambda: node.count_subscribers('/av_td3/policy_weights') > 0, 20,
+             'the test subscription to policy_weights')
+    publish(graph, LEARNING_STARTS - 1, episode=0)
+    assert node.learner.stats().total_it == 0
+    assert not graph['state']['weights'] and node.learner.stats().weights_version == 0
+
+
 def test_rate_limiter_stops_at_the_allowed_update_count(graph):
     node = graph['node']
-    publish(graph, 20, episode=1)
+    publish(graph, 20 - (LEARNING_STARTS - 1), episode=1)
     target = expected_updates(20)
     wait_for(lambda: node.learner.stats().total_it >= target, 60, f'{target} updates')
     stats = wait_for(lambda: [s for s in graph['state']['stats'] if s.total_it == target
                               and s.buffer_size == 20], 20, 'stats after the updates')[-1]
     assert node.learner.stats().total_it == target    # and not one more
-    assert stats.transitions == 20 and stats.episodes == 1
+    assert stats.transitions == 20 and stats.episodes == 2
     assert stats.samples_per_insert == pytest.approx(SPI)
     assert stats.insert_allowance > 0                  # caught up: actors may insert
     assert math.isfinite(stats.critic_loss) and math.isfinite(stats.q_mean)
@@ -131,7 +141,7 @@ def test_weights_broadcast_matches_the_learner(graph):
     total_it = node.learner.td3.total_it
     last = total_it - total_it % 5                      # broadcast_every = 5
     version = node.learner.stats().weights_version
-    assert version == 1 + total_it // 5                 # the initial export + one per 5
+    assert version == total_it // 5                     # one per 5, none before learning
     msg = wait_for(lambda: [m for m in graph['state']['weights'] if m.version == version],
                    20, f'weights version {version}')[-1]
     data = msg.data.tobytes()

@@ -108,13 +108,14 @@ class TrainerNode(Node):
         if record_bag:
             self._transition_sinks.append(self._open_bag_recorder(record_bag))
 
+        # A fresh learner broadcasts nothing until its first broadcast_every updates: until
+        # then actors explore with uniform random actions (TD3's warm-up of learning_starts
+        # transitions). A resumed one broadcasts the loaded weights at once (Learner.load).
         resume = self._param('resume')
         if resume:
             info = self._resume(resume)
             self.get_logger().info(
                 f'resumed from {info.path} (total_it {info.total_it}, sha256 {info.sha256[:12]})')
-        else:
-            self.learner.export_weights()  # actors start from the learner's initial policy
 
         # One group per concern: inserts never wait for a service, services never wait for
         # inserts, and the learner itself runs on its own thread.
