@@ -45,8 +45,10 @@ import io
 import os
 from pathlib import Path
 import pickle
+import pickletools
 import socket
 from typing import Any
+import warnings
 import zipfile
 
 from av_td3_ros import __version__
@@ -135,17 +137,55 @@ def save_checkpoint(path: str | os.PathLike, learner: TD3, replay: ReplayBuffer 
 def _torch_load_safe(data: bytes, path: str) -> Any:
     """torch.load(weights_only=True) with every failure turned into a CheckpointError."""
     try:
-        return torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
+        with warnings.catch_warnings():   # torch warns about pickle protocols on stderr
+            warnings.simplefilter('ignore')
+            return torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if 'Unpickler error' in ln]
-        first = lines[0] if lines else repr(exc)
-        raise CheckpointError(
-            f'{path}: refused: the file needs arbitrary unpickling, which could run code '
-            f'({first})') from None
+        text = str(exc)
+        detail = text.split('WeightsUnpickler error:')[-1].strip().splitlines()
+        detail = detail[0].strip() if detail else type(exc).__name__
+        unsafe = [g for g in _pickle_globals(data) if not g.startswith(_SAFE_GLOBAL_PREFIXES)]
+        if unsafe or 'Unsupported global' in text:
+            named = f'it calls {", ".join(unsafe[:3])}' if unsafe else detail
+            raise CheckpointError(
+                f'{path}: refused: the file needs arbitrary unpickling, which could run code '
+                f'({named})') from None
+        raise CheckpointError(f'{path}: not a readable torch checkpoint (truncated or '
+                              f'corrupt pickle: {detail})') from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError,
             AttributeError, IndexError, KeyError, TypeError) as exc:
         raise CheckpointError(f'{path}: not a readable torch checkpoint (truncated or '
                               f'corrupt?): {type(exc).__name__}: {exc}') from None
+
+
+# What a plain tensor checkpoint references; anything else is named in the refusal message.
+_SAFE_GLOBAL_PREFIXES = ('torch.', 'collections.OrderedDict', '_codecs.encode',
+                         'builtins.set', 'builtins.frozenset', 'builtins.bytearray')
+
+
+def _pickle_globals(data: bytes) -> list[str]:
+    """
+    List the globals a pickle would import, by reading its opcodes (never executing them).
+
+    For a torch zip archive the pickle inside (``*/data.pkl``) is read. Used only to say in
+    words why a file was refused.
+    """
+    try:
+        if data.startswith(b'PK\x03\x04'):
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                name = next(n for n in archive.namelist() if n.endswith('data.pkl'))
+                data = archive.read(name)
+        found, strings = [], []
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in ('SHORT_BINUNICODE', 'BINUNICODE', 'UNICODE', 'BINUNICODE8'):
+                strings.append(str(arg))
+            elif opcode.name == 'GLOBAL':
+                found.append(str(arg).replace(' ', '.'))
+            elif opcode.name == 'STACK_GLOBAL' and len(strings) >= 2:
+                found.append(f'{strings[-2]}.{strings[-1]}')
+        return found
+    except Exception:  # a malformed pickle: nothing more to say than the loader's error
+        return []
 
 
 def _is_safetensors(data: bytes) -> bool:

@@ -80,6 +80,7 @@ class Policy:
                 raise CheckpointError(f'{source}: {name} weights do not fit the architecture in '
                                       f'its config: {str(exc).splitlines()[0]}') from None
             net.to(self.device).eval().requires_grad_(False)
+        self.actor_cnn.channels_last = self.device.type == 'cpu'   # as the learner computes
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = 'cpu') -> Policy:

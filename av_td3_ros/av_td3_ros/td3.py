@@ -314,4 +314,3 @@ def export_policy_bytes(networks: dict[str, dict[str, torch.Tensor]], config: TD
                 'total_it': str(int(total_it)), 'config': json.dumps(config.to_dict()),
                 'package_version': __version__, 'torch_version': str(torch.__version__)}
     return safetensors_save(tensors, metadata=metadata)
-

@@ -1,11 +1,11 @@
 """Networks: NatureCNN equals SB3's, the legacy CNN equals DESIGN §7, actor and twin critic."""
 
-import gymnasium as gym
 from av_td3_ros.config import TD3Config
 from av_td3_ros.networks import (
     Actor, build_actor, build_cnn, build_critic, LegacyCNN, NatureCNN, prepare_image,
     TwinCritic)
 from av_td3_ros.observation import ObservationSpec
+import gymnasium as gym
 import numpy as np
 import pytest
 from stable_baselines3.common.torch_layers import NatureCNN as SB3NatureCNN

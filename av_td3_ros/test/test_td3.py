@@ -16,7 +16,8 @@ def _config(**kw):
     return TD3Config(batch_size=B, learning_starts=0, buffer_capacity=64, **kw)
 
 
-def _batch(seed=0, spec=ObservationSpec()):
+def _batch(seed=0, spec=None):
+    spec = spec or ObservationSpec()
     rng = np.random.default_rng(seed)
     frames = torch.from_numpy(rng.integers(0, 256, (B, spec.frame_stack + 1, 84, 84),
                                            dtype=np.uint8))
