@@ -128,3 +128,78 @@ def _max_curvature(points: np.ndarray, preview_m: float) -> float:
     if not valid.any():
         return 0.0
     return float((2.0 * cross[valid] / denom[valid]).max())
+
+
+@dataclass
+class EpisodeStats:
+    """Per-episode totals from which the comparison metrics are computed."""
+
+    steps: int = 0
+    episode_return: float = 0.0
+    distance_m: float = 0.0
+    speed_sum: float = 0.0
+    abs_lateral_sum: float = 0.0
+    reason: str = ''
+
+    def add_step(self, reward: float, speed_mps: float, lateral_deviation_m: float,
+                 distance_m: float) -> None:
+        self.steps += 1
+        self.episode_return += reward
+        self.speed_sum += speed_mps
+        self.abs_lateral_sum += abs(lateral_deviation_m)
+        self.distance_m = distance_m
+
+
+def summarize(episodes: list[EpisodeStats]) -> dict:
+    """
+    Comparison metrics over episodes (the same for the baseline and any learned policy).
+
+    success_rate: share of episodes that completed the route; mean_speed_mps and
+    mean_abs_lateral_deviation_m: over all steps; collisions_per_km: collisions per km driven;
+    mean_return: mean episode return.
+    """
+    if not episodes:
+        raise ValueError('no episodes to summarize')
+    steps = sum(e.steps for e in episodes)
+    km = sum(e.distance_m for e in episodes) / 1000.0
+    collisions = sum(e.reason == 'collision' for e in episodes)
+    reasons: dict[str, int] = {}
+    for e in episodes:
+        reasons[e.reason or 'unfinished'] = reasons.get(e.reason or 'unfinished', 0) + 1
+    return {
+        'episodes': len(episodes),
+        'success_rate': sum(e.reason == 'route_complete' for e in episodes) / len(episodes),
+        'mean_speed_mps': sum(e.speed_sum for e in episodes) / max(steps, 1),
+        'mean_abs_lateral_deviation_m': sum(e.abs_lateral_sum for e in episodes) / max(steps, 1),
+        'collisions_per_km': collisions / km if km > 0 else (math.inf if collisions else 0.0),
+        'mean_return': sum(e.episode_return for e in episodes) / len(episodes),
+        'mean_distance_m': 1000.0 * km / len(episodes),
+        'mean_episode_steps': steps / len(episodes),
+        'end_reasons': reasons,
+    }
+
+
+def evaluate(env, act, episodes: int, seed: int = 0, on_reset=None) -> dict:
+    """
+    Run ``episodes`` episodes of the gym env with ``act(obs, info) -> action``; return metrics.
+
+    Episode ``i`` is reset with ``seed + i``, so two policies evaluated with the same seed face
+    the same start points and traffic. ``on_reset`` is called before each episode.
+    """
+    if episodes < 1:
+        raise ValueError(f'episodes must be >= 1, got {episodes}')
+    stats = []
+    for i in range(episodes):
+        obs, info = env.reset(seed=seed + i)
+        if on_reset is not None:
+            on_reset()
+        episode = EpisodeStats()
+        while True:
+            obs, reward, terminated, truncated, info = env.step(act(obs, info))
+            episode.add_step(reward, info['speed_mps'], info['lateral_deviation_m'],
+                             info['distance_m'])
+            if terminated or truncated:
+                episode.reason = info['reason']
+                break
+        stats.append(episode)
+    return summarize(stats)

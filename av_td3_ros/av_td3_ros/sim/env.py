@@ -28,8 +28,11 @@ class AvTd3DriveEnv(gym.Env):
     Keyword arguments: ``scenario`` (0 empty, 1 light, 2 heavy traffic), ``camera``
     (:class:`CameraConfig` or a dict of its fields: the camera whose 84x84 gray image is observed),
     ``track_seed`` (the road; the same seed gives the road of ``sim_node`` with ``seed``),
-    ``randomize_track`` (draw a new road every episode, ~0.5 s each), ``max_episode_steps``,
-    ``reward_config`` (YAML path or :class:`RewardWeights`), ``render_mode`` ('rgb_array').
+    ``randomize_track`` (draw a new road every episode, ~0.5 s each), ``step_limit`` (episode
+    truncated with reason 'time_limit', default 1000 = DESIGN §5; ``gym.make``'s own
+    ``max_episode_steps`` adds gymnasium's TimeLimit wrapper instead, which truncates without
+    setting the reason), ``reward_config`` (YAML path or :class:`RewardWeights`),
+    ``render_mode`` ('rgb_array').
     ``reset(options={'scenario': s})`` switches the scenario from that episode on.
     """
 
@@ -37,14 +40,14 @@ class AvTd3DriveEnv(gym.Env):
 
     def __init__(self, scenario: int = 0, camera: CameraConfig | dict | None = None,
                  track_seed: int = 0, randomize_track: bool = False,
-                 max_episode_steps: int = 1000,
+                 step_limit: int = 1000,
                  reward_config: str | RewardWeights | None = None,
                  dt: float = 0.05, render_mode: str | None = None,
                  obs_spec: ObservationSpec | None = None) -> None:
         if scenario not in SCENARIO_NPCS:
             raise ValueError(f'scenario must be one of {sorted(SCENARIO_NPCS)}, got {scenario}')
-        if max_episode_steps < 1:
-            raise ValueError(f'max_episode_steps must be >= 1, got {max_episode_steps}')
+        if step_limit < 1:
+            raise ValueError(f'step_limit must be >= 1, got {step_limit}')
         if render_mode not in (None, *self.metadata['render_modes']):
             raise ValueError(f'render_mode must be None or rgb_array, got {render_mode!r}')
         self.camera = CameraConfig(**camera) if isinstance(camera, dict) else (
@@ -55,7 +58,7 @@ class AvTd3DriveEnv(gym.Env):
         self.scenario = scenario
         self.track_seed = int(track_seed)
         self.randomize_track = randomize_track
-        self.max_episode_steps = int(max_episode_steps)
+        self.step_limit = int(step_limit)
         self.dt = float(dt)
         self.render_mode = render_mode
         size = self.spec_obs.image_size
@@ -101,7 +104,7 @@ class AvTd3DriveEnv(gym.Env):
         self.world.step(Control(throttle=throttle, steer=steer, brake=brake))
         self._step += 1
         obs = self._observe()
-        result = compute_reward(self.world.measurements(self._step, self.max_episode_steps),
+        result = compute_reward(self.world.measurements(self._step, self.step_limit),
                                 self.weights)
         self._return += result.reward
         return obs, result.reward, result.terminated, result.truncated, self._info(result)
