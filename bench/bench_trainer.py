@@ -1,0 +1,135 @@
+"""
+TD3 learner throughput against the peer, Stable-Baselines3 TD3, in one process on one machine.
+
+Both learners get the same shape of random data (4x84x84 uint8 stacks, a 53-dim vector, 2-dim
+actions), the same networks (NatureCNN with 512 features for actor and critic, separate
+extractors, MLP heads [256, 256]), batch 256 and the process's torch thread setting. SB3 runs
+``MultiInputPolicy`` as shipped; ours runs the default TD3Config (fp32, gradient clipping on).
+Rounds alternate between the two so that load from other processes hits both alike; each
+figure is the median over rounds, after a warm-up of a few seconds each.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+from av_td3_ros.config import TD3Config
+from av_td3_ros.replay import ReplayBuffer
+from av_td3_ros.td3 import TD3
+import gymnasium as gym
+import numpy as np
+import torch
+
+BATCH = 256
+N_TRANSITIONS = int(os.environ.get('BENCH_TRANSITIONS', '3000'))
+ROUNDS = int(os.environ.get('BENCH_ROUNDS', '3'))
+ROUND_SECONDS = float(os.environ.get('BENCH_ROUND_SECONDS', '8'))
+WARMUP_SECONDS = float(os.environ.get('BENCH_WARMUP_SECONDS', '4'))
+EPISODE = 100
+
+
+class _SpacesOnly(gym.Env):
+    """The observation/action spaces SB3 builds its policy from (no simulation needed)."""
+
+    observation_space = gym.spaces.Dict({
+        'image': gym.spaces.Box(0, 255, (4, 84, 84), np.uint8),
+        'vector': gym.spaces.Box(-np.inf, np.inf, (53,), np.float32)})
+    action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def reset(self, seed=None, options=None):
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+def _episodes(rng: np.random.Generator):
+    """Yield random transitions with consistent stacks (what an actor would send)."""
+    stack = np.zeros((4, 84, 84), np.uint8)
+    vector = rng.standard_normal(53).astype(np.float32)
+    for i in range(N_TRANSITIONS):
+        step = i % EPISODE
+        if step == 0:
+            stack = np.zeros_like(stack)
+        frame = rng.integers(0, 256, (84, 84), dtype=np.uint8)
+        next_stack = np.concatenate([stack[1:], frame[None]])
+        next_vector = rng.standard_normal(53).astype(np.float32)
+        yield (i // EPISODE, step, stack, vector, rng.uniform(-1, 1, 2).astype(np.float32),
+               float(rng.standard_normal()), frame, next_stack, next_vector,
+               step == EPISODE - 1)
+        stack, vector = next_stack, next_vector
+
+
+def _ours() -> tuple[TD3, ReplayBuffer]:
+    config = TD3Config(batch_size=BATCH, buffer_capacity=N_TRANSITIONS)
+    replay = ReplayBuffer(N_TRANSITIONS, config.obs, seed=0)
+    for episode, step, stack, vec, action, reward, frame, _, next_vec, done in _episodes(
+            np.random.default_rng(0)):
+        replay.add('bench', episode, step, stack, vec, action, reward, frame, next_vec, done,
+                   False)
+    return TD3(config), replay
+
+
+def _sb3():
+    from stable_baselines3 import TD3 as SB3TD3
+    from stable_baselines3.common.logger import configure
+
+    model = SB3TD3('MultiInputPolicy', _SpacesOnly(), buffer_size=N_TRANSITIONS,
+                   batch_size=BATCH, learning_starts=0, device='cpu', seed=0,
+                   policy_kwargs={'net_arch': [256, 256],
+                                  'features_extractor_kwargs': {'cnn_output_dim': 512}})
+    model.set_logger(configure(None, []))
+    buffer = model.replay_buffer
+    for _, _, stack, vec, action, reward, _, next_stack, next_vec, done in _episodes(
+            np.random.default_rng(0)):
+        buffer.add({'image': stack[None], 'vector': vec[None]},
+                   {'image': next_stack[None], 'vector': next_vec[None]}, action[None],
+                   np.array([reward]), np.array([done]), [{}])
+    return model
+
+
+def _rate(run_updates, seconds: float) -> float:
+    """Run update chunks for ``seconds``; return updates per second of wall time."""
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or done == 0:
+        done += run_updates()
+    return done / (time.perf_counter() - start)
+
+
+def run() -> dict:
+    """Measure both learners; return the figures for bench/results.json."""
+    learner, replay = _ours()
+    model = _sb3()
+
+    def ours_chunk() -> int:
+        learner.train(replay, 2)   # metrics are read once per chunk, as the trainer does
+        return 2
+
+    def sb3_chunk() -> int:
+        model.train(gradient_steps=2, batch_size=BATCH)
+        return 2
+
+    _rate(ours_chunk, WARMUP_SECONDS)
+    _rate(sb3_chunk, WARMUP_SECONDS)
+    ours, peer = [], []
+    for _ in range(ROUNDS):
+        ours.append(_rate(ours_chunk, ROUND_SECONDS))
+        peer.append(_rate(sb3_chunk, ROUND_SECONDS))
+    trainer = statistics.median(ours)
+    sb3 = statistics.median(peer)
+    return {
+        'trainer_updates_per_s': round(trainer, 3),
+        'sb3_td3_updates_per_s': round(sb3, 3),
+        'trainer_vs_sb3_ratio': round(trainer / sb3, 2),
+        'replay_bytes_per_transition': round(
+            ReplayBuffer(1_000_000, learner.config.obs).bytes_per_transition(), 1),
+        'trainer_bench_batch_size': BATCH,
+        'trainer_bench_torch_threads': torch.get_num_threads(),
+    }
+
+
+if __name__ == '__main__':
+    import json
+    print(json.dumps(run(), indent=2))
