@@ -147,10 +147,14 @@ class SimNode(Node):
         super().__init__(NODE_NAME, **kwargs)
         for name, (default, descriptor) in PARAMETERS.items():
             self.declare_parameter(name, default, descriptor)
-        self.settings = read_settings(self)
-        s = self.settings
-        self.weights = load_reward_weights(s.reward_config or None)
-        self.world = World(seed=s.seed, scenario=s.scenario, dt=s.dt, camera=s.camera)
+        try:
+            self.settings = read_settings(self)
+            s = self.settings
+            self.weights = load_reward_weights(s.reward_config or None)
+            self.world = World(seed=s.seed, scenario=s.scenario, dt=s.dt, camera=s.camera)
+        except ValueError:
+            super().destroy_node()        # leave nothing behind: the caller gets the reason
+            raise
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
