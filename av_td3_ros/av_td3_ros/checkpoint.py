@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import datetime
 import hashlib
 import io
+import numbers
 import os
 from pathlib import Path
 import pickle
@@ -56,6 +57,7 @@ from av_td3_ros.config import TD3Config
 from av_td3_ros.observation import ObservationSpec
 from av_td3_ros.replay import atomic_write, ReplayBuffer
 from av_td3_ros.td3 import export_policy_bytes, NETWORKS, POLICY_FORMAT, TD3
+import numpy as np
 import torch
 
 FORMAT = 'av_td3_ros.checkpoint'
@@ -137,8 +139,8 @@ def save_checkpoint(path: str | os.PathLike, learner: TD3, replay: ReplayBuffer 
 def _torch_load_safe(data: bytes, path: str) -> Any:
     """torch.load(weights_only=True) with every failure turned into a CheckpointError."""
     try:
-        with warnings.catch_warnings():   # torch warns about pickle protocols on stderr
-            warnings.simplefilter('ignore')
+        with warnings.catch_warnings(), torch.serialization.safe_globals(_NUMPY_SCALARS):
+            warnings.simplefilter('ignore')   # torch warns about pickle protocols on stderr
             return torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
@@ -158,9 +160,17 @@ def _torch_load_safe(data: bytes, path: str) -> Any:
                               f'corrupt?): {type(exc).__name__}: {exc}') from None
 
 
+# numpy scalars (e.g. a float64 hyperparameter in a legacy config) rebuild from dtype + bytes and
+# run no code; torch's docs name exactly these for weights_only loading.
+_NUMPY_SCALAR = np._core.multiarray.scalar   # numpy >= 2; files from numpy 1 name numpy.core
+_NUMPY_SCALARS = [np.dtype, _NUMPY_SCALAR, (_NUMPY_SCALAR, 'numpy.core.multiarray.scalar')] + [
+    getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith('DType')]
+
 # What a plain tensor checkpoint references; anything else is named in the refusal message.
 _SAFE_GLOBAL_PREFIXES = ('torch.', 'collections.OrderedDict', '_codecs.encode',
-                         'builtins.set', 'builtins.frozenset', 'builtins.bytearray')
+                         'builtins.set', 'builtins.frozenset', 'builtins.bytearray',
+                         'numpy.dtype', 'numpy.dtypes.', 'numpy.core.multiarray.scalar',
+                         'numpy._core.multiarray.scalar')
 
 
 def _pickle_globals(data: bytes) -> list[str]:
@@ -278,7 +288,7 @@ def legacy_config(content: dict, path: str = 'legacy checkpoint') -> TD3Config:
                              ('policy_delay', 'policy_freq'), ('target_noise', 'policy_noise'),
                              ('noise_clip', 'noise_clip'), ('max_action', 'max_action')):
             value = content.get(theirs)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
                 hyper[ours] = int(value) if ours == 'policy_delay' else float(value)
         return TD3Config(
             obs=ObservationSpec(frame_stack=frame_stack, n_waypoints=n_waypoints,
@@ -365,16 +375,6 @@ def load_checkpoint(path: str | os.PathLike, learner: TD3, replay: ReplayBuffer 
     if replay_content is not None:
         replay.restore(replay_content)   # validated above; cannot fail now
     return CheckpointInfo(raw.path, raw.sha256, int(state['total_it']), raw.kind), counters
-
-
-def learner_from_checkpoint(path: str | os.PathLike,
-                            overrides: dict | None = None) -> tuple[TD3, CheckpointInfo, dict]:
-    """Build a learner whose config comes from the file (tools, offline training)."""
-    raw = read_checkpoint(path)
-    config = raw.config.replace(**(overrides or {})) if overrides else raw.config
-    learner = TD3(config)
-    info, counters = load_checkpoint(path, learner)
-    return learner, info, counters
 
 
 # ---------------------------------------------------------------------- paths
@@ -479,6 +479,6 @@ def convert_legacy(path: str | os.PathLike, out: str | os.PathLike) -> Checkpoin
 
 __all__ = [
     'FORMAT', 'POLICY_FORMAT', 'VERSION', 'CheckpointError', 'CheckpointInfo', 'convert_legacy',
-    'export_policy_file', 'inspect_checkpoint', 'learner_from_checkpoint', 'load_checkpoint',
-    'newest_checkpoint', 'read_checkpoint', 'replay_path_for', 'resolve_checkpoint_path',
-    'save_checkpoint', 'sha256_file']
+    'export_policy_file', 'inspect_checkpoint', 'load_checkpoint', 'newest_checkpoint',
+    'read_checkpoint', 'replay_path_for', 'resolve_checkpoint_path', 'save_checkpoint',
+    'sha256_file']

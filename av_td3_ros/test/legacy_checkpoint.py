@@ -5,6 +5,7 @@ The networks are written out here independently of av_td3_ros.networks, so a tes
 two catches a mismatch in either.
 """
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -69,7 +70,7 @@ def write_legacy_checkpoint(path, state_dim=565, max_action=1.0, total_it=1234):
         'actor_cnn_optimizer_state_dict': None, 'critic_cnn_optimizer_state_dict': None,
         'config': {'algorithm': {'name': 'TD3', 'learning_rate': 3e-4, 'scheduler': None},
                    'training': {'batch_size': 256, 'buffer': [1000000, 'dict']}},
-        'use_dict_buffer': True, 'discount': 0.99, 'tau': 0.005, 'policy_freq': 2,
+        'use_dict_buffer': True, 'discount': np.float64(0.98), 'tau': 0.005, 'policy_freq': 2,
         'policy_noise': 0.2, 'noise_clip': 0.5, 'max_action': max_action,
         'state_dim': state_dim, 'action_dim': 2,
     }, path)

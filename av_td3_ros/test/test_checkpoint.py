@@ -237,6 +237,7 @@ def test_legacy_file_loads_and_acts_like_the_legacy_networks(tmp_path, state_dim
     assert raw.kind == 'legacy'
     assert raw.config.cnn == 'legacy' and raw.config.obs.vector_dim == vector_dim
     assert raw.config.obs.image_scaling == 'minus_one_one'
+    assert raw.config.gamma == 0.98          # a numpy float64 in the file, read without pickle
     policy = Policy.load(path)
     learner = TD3(raw.config)
     info, _ = load_checkpoint(path, learner)
