@@ -124,11 +124,11 @@ def test_crash_into_a_stopped_car_terminates_with_the_collision_penalty():
     world = World(seed=3, scenario=1)
     t = world.traffic
     # park NPC 0 in the ego's lane 25 m ahead; the baseline without its range sensor hits it
-    t.direction[0], t.dir_list[0] = world.direction, world.direction
-    t.offset[0] = t.offset_list[0] = -1.75 * world.direction
+    t.direction[0] = world.direction
+    t.offset[0] = -1.75 * world.direction
     t.s[0] = (world.ego_s + 25.0 * world.direction) % world.road.length
-    t.v[0], t.v_desired[0], t._v_desired[0] = 0.0, 1e-3, 1e-3
-    t.step(DT, world.ego_s, world.ego_road_offset * world.direction, 0.0, P.length_m)
+    t.v[0], t.v_desired[0] = 0.0, 1e-3
+    t.update_poses()
     result = _follow(world, 300)[-1]
     assert result.reason == 'collision' and world.events.collision
     assert result.terms['collision'] == -W.collision

@@ -80,7 +80,6 @@ def test_npc_drawn_as_a_shaded_box(world):
     x, y = _road_point(world, 15.0, -1.75)
     yaw = world.ego.yaw + 0.8                        # turned: rear and right side visible
     t.x[0], t.y[0], t.yaw[0] = x, y, yaw
-    t.xy_list[0] = (x, y)
     t.color[0] = (200.0, 40.0, 40.0)                 # blue in BGR
     img = world.render_bgra(800, 600)
     ux, uy = math.cos(yaw), math.sin(yaw)

@@ -14,9 +14,9 @@ DT = 0.05
 
 
 def _m(**kw) -> StepMeasurements:
-    base = dict(dt=DT, step=10, max_episode_steps=1000, speed_mps=W.target_speed_mps,
-                lateral_deviation_m=0.0, heading_error_rad=0.0,
-                progress_delta_m=W.target_speed_mps * DT)
+    base = {'dt': DT, 'step': 10, 'max_episode_steps': 1000,
+            'speed_mps': W.target_speed_mps, 'lateral_deviation_m': 0.0,
+            'heading_error_rad': 0.0, 'progress_delta_m': W.target_speed_mps * DT}
     base.update(kw)
     return StepMeasurements(**base)
 
@@ -64,10 +64,10 @@ def test_lane_keeping_penalty_grows_with_error():
 
 
 @pytest.mark.parametrize('kw,reason', [
-    (dict(collision=True), 'collision'),
-    (dict(lateral_deviation_m=-2.6), 'lane_departure'),
-    (dict(lateral_deviation_m=2.6), 'lane_departure'),
-    (dict(route_complete=True), 'route_complete'),
+    ({'collision': True}, 'collision'),
+    ({'lateral_deviation_m': -2.6}, 'lane_departure'),
+    ({'lateral_deviation_m': 2.6}, 'lane_departure'),
+    ({'route_complete': True}, 'route_complete'),
 ])
 def test_terminations(kw, reason):
     r = compute_reward(_m(**kw), W)

@@ -344,7 +344,7 @@ class Renderer:
         cos_p, sin_p = math.cos(down), math.sin(down)
         tan_half = math.tan(math.radians(cam.fov_deg) / 2.0)
         boxes = []
-        for k, (nx, ny) in enumerate(traffic.xy_list):
+        for k, (nx, ny) in enumerate(zip(traffic.x, traffic.y, strict=True)):
             ahead = c * (nx - x) + s * (ny - y) - cam.x_m
             left = c * (ny - y) - s * (nx - x)
             # inside the range and the horizontal fov, with a margin of a car's size
@@ -357,11 +357,11 @@ class Renderer:
         scale = float(1 << shift)
         line = cv2.LINE_AA if gray else cv2.LINE_8
         for _, k, ahead, left in boxes:
-            world_yaw = float(traffic.yaw[k])
+            world_yaw = traffic.yaw[k]
             rel = world_yaw - yaw
             hc, hs = math.cos(rel), math.sin(rel)
-            hl, hw = 0.5 * float(traffic.length[k]), 0.5 * float(traffic.width[k])
-            height = float(traffic.height[k])
+            hl, hw = 0.5 * traffic.length[k], 0.5 * traffic.width[k]
+            height = traffic.height[k]
             corners = []                       # camera frame (depth, left, up)
             for z in (-cam.z_m, height - cam.z_m):
                 for sa, sb in _CORNER_SIGNS:
@@ -375,7 +375,7 @@ class Renderer:
             front_sun = math.cos(world_yaw) * SUN[0] + math.sin(world_yaw) * SUN[1]
             left_sun = math.cos(world_yaw) * SUN[1] - math.sin(world_yaw) * SUN[0]
             suns = (front_sun, -front_sun, left_sun, -left_sun, SUN[2])
-            paint = traffic.color[k].tolist()
+            paint = traffic.color[k]
             all_front = all(p[0] >= NEAR_M for p in corners)
             for face, visible in enumerate(facing):
                 if not visible:
@@ -401,7 +401,7 @@ def _signed_area(xy: np.ndarray) -> float:
 
 
 def _lut(values: np.ndarray) -> np.ndarray:
-    """A 256-entry float32 lookup table for cv2.LUT over surface classes."""
+    """Return a 256-entry float32 lookup table for cv2.LUT over surface classes."""
     table = np.zeros(256, np.float32)
     table[:len(values)] = values
     return table

@@ -12,6 +12,7 @@ direction +1 (driving toward increasing s) lies at offset -lane_width/2.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 import math
 
@@ -82,6 +83,7 @@ class RoadNetwork:
         self._s_ext = np.concatenate((self.s, [self.length]))
         self._tables = [np.concatenate((a, a[:1])) for a in (
             self.xy[:, 0], self.xy[:, 1], self.cos_h, self.sin_h)]
+        self._lists = (self._s_ext.tolist(), *(t.tolist() for t in self._tables))
 
     @classmethod
     def generate(cls, rng: np.random.Generator, config: RoadConfig | None = None) -> RoadNetwork:
@@ -127,6 +129,17 @@ class RoadNetwork:
         x = x - sn * offset
         y = y + c * offset
         return x, y, np.arctan2(sn, c)
+
+    def pose_scalar(self, s: float, offset: float = 0.0) -> tuple[float, float, float]:
+        """:meth:`pose` for one point, without numpy (per-vehicle loops, every step)."""
+        s_tab, x_tab, y_tab, c_tab, sn_tab = self._lists
+        s %= self.length
+        i = min(bisect.bisect_right(s_tab, s) - 1, len(s_tab) - 2)
+        t = (s - s_tab[i]) / (s_tab[i + 1] - s_tab[i])
+        c = c_tab[i] + t * (c_tab[i + 1] - c_tab[i])
+        sn = sn_tab[i] + t * (sn_tab[i + 1] - sn_tab[i])
+        return (x_tab[i] + t * (x_tab[i + 1] - x_tab[i]) - sn * offset,
+                y_tab[i] + t * (y_tab[i + 1] - y_tab[i]) + c * offset, math.atan2(sn, c))
 
     def lane_points(self, s0: float, direction: int, spacing_m: float, length_m: float
                     ) -> tuple[np.ndarray, np.ndarray]:

@@ -148,13 +148,18 @@ class TrafficParams:
 
 
 # NPC paint (BGR), chosen to differ in gray level as well as in colour
-NPC_COLORS = np.array([[40, 40, 200], [180, 90, 30], [235, 235, 235], [45, 45, 45],
-                       [30, 200, 230], [140, 140, 140], [60, 140, 40], [20, 90, 160]],
-                      dtype=np.float32)
+NPC_COLORS = ((40.0, 40.0, 200.0), (180.0, 90.0, 30.0), (235.0, 235.0, 235.0),
+              (45.0, 45.0, 45.0), (30.0, 200.0, 230.0), (140.0, 140.0, 140.0),
+              (60.0, 140.0, 40.0), (20.0, 90.0, 160.0))
 
 
 class Traffic:
-    """NPC vehicles that keep their lane (1-D along the road) with IDM car following."""
+    """
+    NPC vehicles that keep their lane (1-D along the road) with IDM car following.
+
+    Per-vehicle state is kept in plain lists: a few dozen vehicles cost less in Python loops
+    than in the per-call overhead of many small numpy operations (this runs every step).
+    """
 
     def __init__(self, road: RoadNetwork, rng: np.random.Generator, count: int,
                  ego_s: float, ego_direction: int, scenario: int,
@@ -162,38 +167,30 @@ class Traffic:
         self.road = road
         self.p = params or TrafficParams()
         v_lo, v_hi = (5.5, 8.0) if scenario <= 1 else (4.5, 7.5)
-        length = road.length
-        placed_s: list[float] = []
-        placed_d: list[int] = []
+        self.s: list[float] = []
+        self.direction: list[int] = []
         for _ in range(count):
             for _attempt in range(100):
                 d = int(rng.choice((-1, 1)))
-                s = float(rng.uniform(0.0, length))
-                if self._spawn_ok(s, d, placed_s, placed_d, ego_s, ego_direction, length):
-                    placed_s.append(s)
-                    placed_d.append(d)
+                s = float(rng.uniform(0.0, road.length))
+                if self._spawn_ok(s, d, ego_s, ego_direction):
+                    self.s.append(s)
+                    self.direction.append(d)
                     break
-        n = len(placed_s)
-        self.s = np.array(placed_s, dtype=np.float64)
-        self.direction = np.array(placed_d, dtype=np.int64)
-        self.v_desired = rng.uniform(v_lo, v_hi, n)
-        self.v = 0.8 * self.v_desired
-        self.length = rng.uniform(4.2, 4.9, n)
-        self.width = rng.uniform(1.8, 2.0, n)
-        self.height = rng.uniform(1.4, 1.7, n)
-        self.color = NPC_COLORS[rng.integers(0, len(NPC_COLORS), n)]
-        self.offset = lane_offset(self.direction, road.config).astype(np.float64)
-        # python copies of the constant per-vehicle values for the per-step loops
-        self.dir_list = self.direction.tolist()
-        self.length_list = self.length.tolist()
-        self.width_list = self.width.tolist()
-        self._v_desired = self.v_desired.tolist()
-        self.offset_list = self.offset.tolist()
+        n = len(self.s)
+        self.v_desired: list[float] = rng.uniform(v_lo, v_hi, n).tolist()
+        self.v = [0.8 * v for v in self.v_desired]
+        self.length: list[float] = rng.uniform(4.2, 4.9, n).tolist()
+        self.width: list[float] = rng.uniform(1.8, 2.0, n).tolist()
+        self.height: list[float] = rng.uniform(1.4, 1.7, n).tolist()
+        self.color = [NPC_COLORS[i] for i in rng.integers(0, len(NPC_COLORS), n).tolist()]
+        self.offset = [lane_offset(d, road.config) for d in self.direction]
         self._lane_offsets = (lane_offset(1, road.config), lane_offset(-1, road.config))
-        self._update_poses()
+        self.update_poses()
 
-    def _spawn_ok(self, s, d, placed_s, placed_d, ego_s, ego_d, length) -> bool:
-        for s2, d2 in zip(placed_s, placed_d, strict=True):
+    def _spawn_ok(self, s: float, d: int, ego_s: float, ego_d: int) -> bool:
+        length = self.road.length
+        for s2, d2 in zip(self.s, self.direction, strict=True):
             gap = abs(s - s2) % length
             if d2 == d and min(gap, length - gap) < self.p.spawn_spacing_m:
                 return False
@@ -205,11 +202,14 @@ class Traffic:
     def __len__(self) -> int:
         return len(self.s)
 
-    def _update_poses(self) -> None:
-        x, y, heading = self.road.pose(self.s, self.offset)
-        self.x, self.y = x, y
-        self.yaw = np.where(self.direction > 0, heading, heading + math.pi)
-        self.xy_list = list(zip(x.tolist(), y.tolist(), strict=True))
+    def update_poses(self) -> None:
+        """Recompute x, y, yaw from (s, lane); call after changing s or the lane directly."""
+        pose = self.road.pose_scalar
+        poses = [pose(s, off) for s, off in zip(self.s, self.offset, strict=True)]
+        self.x = [p[0] for p in poses]
+        self.y = [p[1] for p in poses]
+        self.yaw = [p[2] if d > 0 else wrap_angle(p[2] + math.pi)
+                    for p, d in zip(poses, self.direction, strict=True)]
 
     def step(self, dt: float, ego_s: float, ego_offset: float, ego_v_road: float,
              ego_length: float) -> None:
@@ -217,15 +217,13 @@ class Traffic:
         Advance every NPC by ``dt``, following the vehicle ahead in its lane (IDM).
 
         The ego counts as a vehicle ahead in every lane it overlaps (``ego_offset`` from the
-        centre line, ``ego_v_road`` its speed along increasing s). Plain Python: for a few
-        dozen vehicles this beats the overhead of many small numpy calls.
+        centre line, ``ego_v_road`` its speed along increasing s).
         """
         n = len(self.s)
         if n == 0:
             return
         p, length = self.p, self.road.length
-        s, v = self.s.tolist(), self.v.tolist()
-        d, veh_len = self.dir_list, self.length_list
+        s, v, d, veh_len = self.s, self.v, self.direction, self.length
         gap = [math.inf] * n
         v_lead = [0.0] * n
         for lane, lane_off in ((1, self._lane_offsets[0]), (-1, self._lane_offsets[1])):
@@ -244,7 +242,7 @@ class Traffic:
         root_ab = 2.0 * math.sqrt(p.max_accel_mps2 * p.comfort_brake_mps2)
         for i in range(n):
             vi = v[i]
-            accel = 1.0 - (vi / self._v_desired[i]) ** 4
+            accel = 1.0 - (vi / self.v_desired[i]) ** 4
             if gap[i] < math.inf:
                 desired = p.min_gap_m + max(
                     0.0, vi * p.headway_s + vi * (vi - v_lead[i]) / root_ab)
@@ -253,9 +251,7 @@ class Traffic:
             v_new = max(vi + accel * dt, 0.0)
             s[i] = (s[i] + d[i] * 0.5 * (vi + v_new) * dt) % length
             v[i] = v_new
-        self.s = np.array(s)
-        self.v = np.array(v)
-        self._update_poses()
+        self.update_poses()
 
 
 @dataclass(frozen=True)
@@ -318,6 +314,7 @@ class World:
         self._route_center = self.start_s + self.direction * (
             (center_s - self.start_s) * self.direction % road.length)
         self._route_center[0] = self.start_s
+        self._ego_s_memo: tuple = (None, 0.0)
         x, y, heading = road.pose(self.start_s, lane_offset(self.direction, road.config))
         yaw = float(heading) if self.direction > 0 else wrap_angle(float(heading) + math.pi)
         self.traffic = Traffic(road, rng, SCENARIO_NPCS[self.scenario], self.start_s,
@@ -336,8 +333,12 @@ class World:
     @property
     def ego_s(self) -> float:
         """Centreline arc length of the ego's projection on its route."""
-        return float(np.interp(self.route_state.progress_m, self.route.cum_length,
-                               self._route_center)) % self.road.length
+        state, value = self._ego_s_memo
+        if state is not self.route_state:        # several users per step: compute once
+            value = float(np.interp(self.route_state.progress_m, self.route.cum_length,
+                                    self._route_center)) % self.road.length
+            self._ego_s_memo = (self.route_state, value)
+        return value
 
     @property
     def ego_road_offset(self) -> float:
@@ -442,8 +443,7 @@ class World:
         offset, ego_len, ego_width = self.ego_road_offset, self.vehicle.length_m, \
             self.vehicle.width_m
         best = math.inf
-        for s_i, off_i, len_i, width_i in zip(t.s.tolist(), t.offset_list, t.length_list,
-                                              t.width_list, strict=True):
+        for s_i, off_i, len_i, width_i in zip(t.s, t.offset, t.length, t.width, strict=True):
             if abs(off_i * direction - offset) >= 0.5 * (width_i + ego_width) + 0.4:
                 continue
             ahead = ((s_i - ego_s) * direction) % length
@@ -458,13 +458,13 @@ class World:
         e, v = self.ego, self.vehicle
         ego_box = None
         ego_reach = 0.5 * math.hypot(v.length_m, v.width_m)
-        for i, (x, y) in enumerate(t.xy_list):
-            if math.hypot(x - e.x, y - e.y) > ego_reach + 0.5 * math.hypot(t.length_list[i],
-                                                                           t.width_list[i]):
+        for i, (x, y) in enumerate(zip(t.x, t.y, strict=True)):
+            reach = ego_reach + 0.5 * math.hypot(t.length[i], t.width[i])
+            if abs(x - e.x) > reach or abs(y - e.y) > reach:
                 continue
             if ego_box is None:
                 ego_box = box_corners(e.x, e.y, e.yaw, v.length_m, v.width_m)
-            other = box_corners(x, y, t.yaw[i], t.length_list[i], t.width_list[i])
+            other = box_corners(x, y, t.yaw[i], t.length[i], t.width[i])
             if boxes_overlap(ego_box, other):
                 return True
         return False
