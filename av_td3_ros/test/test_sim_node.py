@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import pathlib
 import threading
 import time
 
@@ -19,6 +20,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float32
 from std_srvs.srv import Trigger
+import yaml
 
 pytestmark = pytest.mark.ros
 
@@ -179,6 +181,18 @@ def test_parameters_are_described_ranged_read_only_and_validated():
         _sim(mode='fast')
     with pytest.raises(ValueError, match='image_qos_reliability must be one of'):
         _sim(image_qos_reliability='sometimes')
+
+
+def test_params_file_lists_every_parameter_with_its_default():
+    path = pathlib.Path(__file__).resolve().parent.parent / 'config' / 'sim.yaml'
+    params = yaml.safe_load(path.read_text())['av_td3_sim']['ros__parameters']
+    assert params == {name: default for name, (default, _) in PARAMETERS.items()}
+    text = path.read_text()
+    for name in PARAMETERS:     # every parameter is explained by a comment above it
+        line = text.splitlines().index(next(ln for ln in text.splitlines()
+                                            if ln.strip().startswith(f'{name}:')))
+        assert text.splitlines()[line - 1].strip().startswith('#') or name in (
+            'camera_height', 'image_qos_depth'), name
 
 
 def test_synchronous_lock_step_one_frame_per_control(graph):
