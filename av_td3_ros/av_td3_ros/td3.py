@@ -235,8 +235,7 @@ class TD3:
                 self._load_optimizer(self.critic_optimizer, state['optimizers']['critic'],
                                      self.config.critic_lr)
                 self.total_it = int(state['total_it'])
-                generator_state = state['rng']['target_noise']
-                self.noise_generator.set_state(generator_state)
+                self._set_noise_state(state['rng']['target_noise'])
                 explore = np.random.default_rng()
                 explore.bit_generator.state = json.loads(state['rng']['explore'])
                 self.explore_rng = explore
@@ -253,6 +252,15 @@ class TD3:
                 restored.bit_generator.state = json.loads(snapshot['rng']['explore'])
                 self.explore_rng = restored
             raise ValueError(f'cannot load learner state: {exc}') from exc
+
+    def _set_noise_state(self, generator_state: torch.Tensor) -> None:
+        """Restore the target-noise generator; a state from another device type reseeds it."""
+        try:
+            self.noise_generator.set_state(generator_state)
+        except RuntimeError:
+            # CPU and CUDA generator states differ in kind; a cross-device resume cannot be
+            # bit-exact anyway, so continue with a seed derived from the run's position.
+            self.noise_generator.manual_seed(self.config.seed + 1 + self.total_it)
 
     def check_networks(self, networks: dict[str, dict[str, torch.Tensor]]) -> None:
         """Raise ValueError unless every online network (and given target) fits by key/shape."""
