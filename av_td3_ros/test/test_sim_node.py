@@ -107,7 +107,8 @@ class Graph:
     def close(self):
         for n in self.nodes:
             self.executor.remove_node(n)
-        self.executor.shutdown()
+        time.sleep(0.2)               # let callbacks already handed out finish
+        self.executor.shutdown(timeout_sec=5.0)
         self.thread.join(timeout=5.0)
         for n in self.nodes:
             n.destroy_node()

@@ -151,8 +151,13 @@ class Renderer:
         self._tables: dict[tuple[int, int], _PixelTable] = {}
 
     # -- textures -----------------------------------------------------------------------------
-    def surface_labels(self) -> np.ndarray:
-        """Rasterise the road's surface classes (GRASS, ASPHALT, ...) at TEXTURE_RES_M."""
+    def surface_coverage(self) -> dict[int, np.ndarray]:
+        """
+        Rasterise the road at TEXTURE_RES_M: anti-aliased coverage (uint8, 255 = full).
+
+        One mask per painted class over the grass: ASPHALT, then WHITE_LINE (edge lines) and
+        YELLOW_LINE (dashed centre line) on top of it.
+        """
         cfg, road = self.road.config, self.road
         shift = 4
         scale = (1 << shift) / TEXTURE_RES_M
@@ -162,21 +167,30 @@ class Renderer:
             pts = np.stack((x - self.origin[0], y - self.origin[1]), axis=1) * scale
             return np.round(pts).astype(np.int32)
 
-        labels = np.full(self.tex_shape, GRASS, dtype=np.uint8)
+        asphalt = np.zeros(self.tex_shape, np.uint8)
         outer = cfg.half_width_m + cfg.shoulder_m
-        # the two offset curves bound a ring: fill the outer one, re-grass the inner one
+        # the two offset curves bound a ring: fill the outer one, cut out the inner one
         ring_in, ring_out = (outer, -outer) if _signed_area(road.xy) > 0 else (-outer, outer)
-        cv2.fillPoly(labels, [pix(ring_out)], ASPHALT, cv2.LINE_8, shift)
-        cv2.fillPoly(labels, [pix(ring_in)], GRASS, cv2.LINE_8, shift)
+        cv2.fillPoly(asphalt, [pix(ring_out)], 255, cv2.LINE_AA, shift)
+        cv2.fillPoly(asphalt, [pix(ring_in)], 0, cv2.LINE_AA, shift)
+        white = np.zeros(self.tex_shape, np.uint8)
         edge = cfg.half_width_m - 0.5 * cfg.edge_line_width_m
-        line_px = max(1, round(cfg.edge_line_width_m / TEXTURE_RES_M))
-        cv2.polylines(labels, [pix(edge), pix(-edge)], True, WHITE_LINE, line_px, cv2.LINE_8,
-                      shift)
+        cv2.polylines(white, [pix(edge), pix(-edge)], True, 255,
+                      max(1, round(cfg.edge_line_width_m / TEXTURE_RES_M)), cv2.LINE_AA, shift)
+        yellow = np.zeros(self.tex_shape, np.uint8)
         period = cfg.dash_length_m + cfg.dash_gap_m
         dashes = [pix(0.0, np.arange(start, start + cfg.dash_length_m + 1e-9, 0.25))
                   for start in np.arange(0.0, road.length - cfg.dash_length_m, period)]
-        centre_px = max(1, round(cfg.centre_line_width_m / TEXTURE_RES_M))
-        cv2.polylines(labels, dashes, False, YELLOW_LINE, centre_px, cv2.LINE_8, shift)
+        cv2.polylines(yellow, dashes, False, 255,
+                      max(1, round(cfg.centre_line_width_m / TEXTURE_RES_M)), cv2.LINE_AA, shift)
+        return {ASPHALT: asphalt, WHITE_LINE: white, YELLOW_LINE: yellow}
+
+    def surface_labels(self, coverage: dict[int, np.ndarray] | None = None) -> np.ndarray:
+        """Surface class of each texture cell (the class covering most of it)."""
+        coverage = coverage or self.surface_coverage()
+        labels = np.full(self.tex_shape, GRASS, np.uint8)
+        for cls in (ASPHALT, WHITE_LINE, YELLOW_LINE):
+            labels[coverage[cls] > 127] = cls
         return labels
 
     def _noise(self, labels: np.ndarray) -> np.ndarray:
@@ -196,17 +210,20 @@ class Renderer:
         key = (self.seed, self.road.config, self.road.length, kind)
         if key in _ATLAS_CACHE:
             return _ATLAS_CACHE[key]
-        labels = self.surface_labels()
-        noise = self._noise(labels)
-        if kind == 'gray':
-            noise += cv2.LUT(labels, _lut(SURFACE_BGR @ LUMA_BGR))
-            level = cv2.convertScaleAbs(noise)   # rounds, saturates (values stay > 0)
-        else:
-            level = np.empty((*labels.shape, 3), np.uint8)
-            for channel in range(3):
-                level[..., channel] = cv2.convertScaleAbs(
-                    noise + cv2.LUT(labels, _lut(SURFACE_BGR[:, channel])))
-        del labels, noise
+        coverage = self.surface_coverage()
+        noise = self._noise(self.surface_labels(coverage))
+        alpha = {cls: m.astype(np.float32) * np.float32(1 / 255) for cls, m in coverage.items()}
+        paint = SURFACE_BGR @ LUMA_BGR if kind == 'gray' else SURFACE_BGR
+        channels = []
+        for c in ([None] if kind == 'gray' else range(3)):
+            value = paint if c is None else paint[:, c]
+            base = np.full(self.tex_shape, value[GRASS], np.float32)
+            for cls in (ASPHALT, WHITE_LINE, YELLOW_LINE):     # paint layers, blended
+                base += (np.float32(value[cls]) - base) * alpha[cls]
+            base += noise
+            channels.append(cv2.convertScaleAbs(base))   # rounds, saturates (values stay > 0)
+        level = channels[0] if kind == 'gray' else cv2.merge(channels)
+        del coverage, noise, alpha, channels
         if kind == 'bgra':
             level = cv2.cvtColor(level, cv2.COLOR_BGR2BGRA)
         levels = [level]
