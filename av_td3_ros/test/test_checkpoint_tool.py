@@ -7,10 +7,12 @@ import subprocess
 
 from ament_index_python.packages import get_package_prefix
 from av_td3_ros.checkpoint import (
-    inspect_checkpoint, load_checkpoint, read_checkpoint, save_checkpoint)
+    CheckpointError, convert_legacy, inspect_checkpoint, load_checkpoint, read_checkpoint,
+    save_checkpoint)
 from av_td3_ros.config import TD3Config
 from av_td3_ros.policy import Policy
 from av_td3_ros.td3 import TD3
+from av_td3_ros.tools.checkpoint_tool import main
 from legacy_checkpoint import write_legacy_checkpoint
 import numpy as np
 import pytest
@@ -81,18 +83,21 @@ def test_convert_turns_a_legacy_file_into_a_v1_checkpoint(tmp_path):
     image = rng.integers(0, 256, (4, 84, 84), dtype=np.uint8)
     vector = rng.standard_normal(23).astype(np.float32)
     np.testing.assert_allclose(learner.act(image, vector), reference(image, vector), atol=1e-5)
-    # converting something that is not legacy is refused
-    again = _run('convert', out, tmp_path / 'x.pth')
-    assert again.returncode == 1 and 'not a legacy checkpoint' in again.stderr
+    # converting something that is not legacy is refused (exit status: next test)
+    with pytest.raises(CheckpointError, match='not a legacy checkpoint'):
+        convert_legacy(out, tmp_path / 'x.pth')
 
 
-def test_refused_files_exit_1_with_one_error_line(tmp_path):
+def test_refused_files_exit_1_with_one_error_line(tmp_path, capsys):
     junk = tmp_path / 'junk.pth'
     junk.write_bytes(b'\x80\x04not really a pickle')
-    for args in (('export', junk, tmp_path / 'o.safetensors'),
-                 ('inspect', tmp_path / 'missing.pth')):
-        result = _run(*args)
-        assert result.returncode == 1 and result.stdout == ''
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith('error: ')
+    result = _run('export', junk, tmp_path / 'o.safetensors')
+    assert result.returncode == 1 and result.stdout == ''
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: ') and 'junk.pth' in lines[0]
     assert not (tmp_path / 'o.safetensors').exists()
+    # the same entry point in-process: a missing file, and usage errors
+    assert main(['inspect', str(tmp_path / 'missing.pth')]) == 1
+    assert 'no such file' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(['frobnicate'])
