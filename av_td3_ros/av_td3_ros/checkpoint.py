@@ -55,7 +55,7 @@ import zipfile
 from av_td3_ros import __version__
 from av_td3_ros.config import TD3Config
 from av_td3_ros.observation import ObservationSpec
-from av_td3_ros.replay import atomic_write, ReplayBuffer
+from av_td3_ros.replay import atomic_write, ReplayBuffer, StagedFile
 from av_td3_ros.td3 import export_policy_bytes, NETWORKS, POLICY_FORMAT, TD3
 import numpy as np
 import torch
@@ -102,35 +102,43 @@ def replay_path_for(path: str | os.PathLike) -> Path:
 def save_checkpoint(path: str | os.PathLike, learner: TD3, replay: ReplayBuffer | None = None,
                     counters: dict | None = None) -> CheckpointInfo:
     """
-    Write a v1 checkpoint atomically (and the replay buffer beside it, first).
+    Write a v1 checkpoint atomically, with the replay buffer beside it if given.
 
-    The replay file's sha256 is recorded in the checkpoint, so a load can tell a checkpoint
-    from a replay file of another run.
+    Both files are fully written and fsynced under temp names before either replaces an
+    existing file, so a failed save leaves the previous pair intact. The replay file's sha256
+    is recorded in the checkpoint, so a load can tell a replay file of another save.
     """
     path = Path(path).absolute()
     if not path.parent.is_dir():
         raise CheckpointError(f'directory {path.parent} does not exist')
-    replay_entry = None
-    if replay is not None:
-        replay_file = replay_path_for(path)
-        replay.save(replay_file)
-        replay_entry = {'file': replay_file.name, 'sha256': sha256_file(replay_file),
-                        'transitions': len(replay)}
-    clean_counters = {str(k): int(v) for k, v in (counters or {}).items()}
-    payload = {
-        'format': FORMAT,
-        'version': VERSION,
-        'learner': learner.state_dict(),
-        'counters': clean_counters,
-        'replay': replay_entry,
-        'metadata': {
-            'package_version': __version__,
-            'torch_version': str(torch.__version__),
-            'created': datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            'hostname': socket.gethostname(),
-        },
-    }
-    atomic_write(path, lambda stream: torch.save(payload, stream))
+    staged: list[StagedFile] = []
+    try:
+        replay_entry = None
+        if replay is not None:
+            replay_file = replay_path_for(path)
+            staged.append(StagedFile(replay_file, replay.writer()))
+            replay_entry = {'file': replay_file.name, 'sha256': sha256_file(staged[0].tmp),
+                            'transitions': len(replay)}
+        payload = {
+            'format': FORMAT,
+            'version': VERSION,
+            'learner': learner.state_dict(),
+            'counters': {str(k): int(v) for k, v in (counters or {}).items()},
+            'replay': replay_entry,
+            'metadata': {
+                'package_version': __version__,
+                'torch_version': str(torch.__version__),
+                'created': datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                'hostname': socket.gethostname(),
+            },
+        }
+        staged.append(StagedFile(path, lambda stream: torch.save(payload, stream)))
+    except BaseException:
+        for item in staged:
+            item.discard()
+        raise
+    for item in staged:   # replay first: a checkpoint never names a replay file not there
+        item.commit()
     return CheckpointInfo(str(path), sha256_file(path), learner.total_it, 'v1')
 
 

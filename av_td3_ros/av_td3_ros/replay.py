@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import json
 import os
 from pathlib import Path
+import tempfile
+import zipfile
 
 from av_td3_ros.observation import ObservationSpec
 import numpy as np
@@ -262,6 +264,10 @@ class ReplayBuffer:
         Holds the transitions oldest-first, the frames they use, the per-stream continuation
         state and the sampling RNG state, so that sampling after ``load`` continues exactly.
         """
+        atomic_write(path, self.writer())
+
+    def writer(self):
+        """Return a function writing the live content (see ``save``) to a binary stream."""
         order = (self._head + np.arange(self._size)) % self.capacity
         stream_names = sorted(self._streams)
         stream_ids = np.array([self._streams[s][2] for s in stream_names],
@@ -275,7 +281,7 @@ class ReplayBuffer:
                 'rng': self.rng.bit_generator.state}
         arrays = {
             'meta': np.array(json.dumps(meta)),
-            'frames': self._frames[used], 'vectors': self._vectors[used],
+            'vectors': self._vectors[used],
             'obs_ids': remap[obs_ids], 'next_id': remap[next_id],
             'action': self._action[order], 'reward': self._reward[order],
             'terminated': self._terminated[order],
@@ -284,7 +290,22 @@ class ReplayBuffer:
             'stream_step': np.array([self._streams[s][1] for s in stream_names], np.int64),
             'stream_ids': remap[stream_ids],
         }
-        atomic_write(Path(path), lambda f: np.savez(f, **arrays))
+        frames = self._frames
+
+        def write(stream) -> None:
+            # An .npz (zip of .npy) like np.savez, but the frames are copied chunk by chunk:
+            # a full 1M buffer needs no second 7 GB copy to be saved.
+            with zipfile.ZipFile(stream, 'w', zipfile.ZIP_STORED, allowZip64=True) as archive:
+                for name, array in arrays.items():
+                    with archive.open(f'{name}.npy', 'w', force_zip64=True) as member:
+                        np.lib.format.write_array(member, array, allow_pickle=False)
+                with archive.open('frames.npy', 'w', force_zip64=True) as member:
+                    np.lib.format.write_array_header_2_0(member, {
+                        'descr': np.lib.format.dtype_to_descr(frames.dtype),
+                        'fortran_order': False, 'shape': (len(used), *frames.shape[1:])})
+                    for start in range(0, len(used), _CHUNK_FRAMES):
+                        member.write(frames[used[start:start + _CHUNK_FRAMES]].tobytes())
+        return write
 
     def load(self, path: str | os.PathLike) -> None:
         """Replace the content with a saved buffer; unchanged (ValueError) if anything is wrong."""
@@ -299,7 +320,9 @@ class ReplayBuffer:
         """
         try:
             with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
+                arrays = {k: data[k] for k in data.files if k != 'frames'}
+                if 'frames' in data.files:
+                    arrays['frames'] = _StoredFrames(path)
             meta = json.loads(str(arrays['meta']))
         except Exception as exc:  # OSError, BadZipFile, ValueError (pickled arrays), KeyError
             raise ValueError(f'{path}: not a readable replay file ({exc!r})') from None
@@ -343,10 +366,15 @@ class ReplayBuffer:
         return arrays
 
     def restore(self, content: dict) -> None:
-        """Replace the content with what ``read_file`` returned (already validated)."""
+        """
+        Replace the content with what ``read_file`` returned (already validated).
+
+        The frames stream from the file into place; ``read_file`` has read them once already
+        (the zip CRC check), so only an I/O error between the two reads can fail here.
+        """
         n, n_frames = len(content['next_id']), len(content['frames'])
         self._reset_pointers()
-        self._frames[:n_frames] = content['frames']
+        content['frames'].read_into(self._frames[:n_frames])
         self._vectors[:n_frames] = content['vectors']
         self._obs_ids[:n] = content['obs_ids']
         self._next_id[:n] = content['next_id']
@@ -369,6 +397,45 @@ class ReplayBuffer:
                                              strict=True):
             self._streams[str(name)] = (int(episode), int(step), sids.astype(np.int32))
         self.rng = content['rng']
+
+
+_CHUNK_FRAMES = 4096   # frames per read/write chunk when saving/loading (about 29 MB)
+
+
+class _StoredFrames:
+    """The frames array of a saved buffer: header read and CRC checked, data not in memory."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = path
+        with zipfile.ZipFile(path) as archive, archive.open('frames.npy') as member:
+            shape, fortran, self.dtype = self._header(member)
+            if fortran or len(shape) != 3:
+                raise ValueError(f'frames array of shape {shape} (fortran={fortran})')
+            self.shape = shape
+            while member.read(1 << 24):   # zipfile verifies the CRC at the end of the member
+                pass
+
+    @staticmethod
+    def _header(member) -> tuple:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(member)
+        return np.lib.format.read_array_header_2_0(member)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read_into(self, out: np.ndarray) -> None:
+        """Stream the frames into ``out`` (a C-contiguous uint8 array of this shape)."""
+        view = memoryview(out.reshape(-1))
+        with zipfile.ZipFile(self.path) as archive, archive.open('frames.npy') as member:
+            self._header(member)
+            pos = 0
+            while pos < len(view):
+                n = member.readinto(view[pos:pos + (1 << 24)])
+                if not n:
+                    raise OSError(f'{self.path}: frames ended early')
+                pos += n
 
 
 class SamplesPerInsertLimiter:
@@ -412,21 +479,42 @@ class SamplesPerInsertLimiter:
         return max(by_ratio, self.min_size_to_sample - inserts, 0)
 
 
-def atomic_write(path: Path, write) -> None:
+class StagedFile:
+    """
+    A file written to a temp name in its directory and fsynced, put in place by ``commit``.
+
+    Several staged files committed one after another keep a set of files consistent except in
+    the instant between two renames (checkpoint + replay buffer).
+    """
+
+    def __init__(self, path: str | os.PathLike, write) -> None:
+        self.path = Path(path)
+        fd, name = tempfile.mkstemp(prefix=f'.{self.path.name}.', suffix='.tmp',
+                                    dir=self.path.parent)
+        self.tmp = Path(name)
+        try:
+            with os.fdopen(fd, 'wb') as stream:
+                write(stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+        except BaseException:
+            self.discard()
+            raise
+
+    def commit(self) -> None:
+        """Rename into place and fsync the directory, so the rename survives a crash."""
+        os.replace(self.tmp, self.path)
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def discard(self) -> None:
+        """Remove the temp file (after a failure)."""
+        self.tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
     """Write via a temp file in the same directory, fsync, os.replace, fsync the directory."""
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        with open(tmp, 'wb') as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    StagedFile(path, write).commit()

@@ -226,12 +226,16 @@ def test_bad_replay_files_are_refused_and_leave_the_buffer_unchanged(tmp_path):
     truncated.write_bytes(good.read_bytes()[:5000])
     junk = tmp_path / 'junk.npz'
     junk.write_bytes(np.random.default_rng(0).bytes(4096))
+    flipped = tmp_path / 'flipped.npz'
+    data = bytearray(good.read_bytes())
+    data[len(data) * 2 // 3] ^= 0xFF              # inside the frames: the zip CRC catches it
+    flipped.write_bytes(bytes(data))
     pickled = tmp_path / 'pickled.npz'
     np.savez(pickled, meta=np.array([{'x': 1}], dtype=object))
     target = ReplayBuffer(20, SPEC)
     target.add(**Actor('other', 3).transition()[0])
     before = target.transition(0)
-    for bad in (truncated, junk, pickled, tmp_path / 'missing.npz'):
+    for bad in (truncated, junk, flipped, pickled, tmp_path / 'missing.npz'):
         with pytest.raises(ValueError):
             target.load(bad)
         assert len(target) == 1
