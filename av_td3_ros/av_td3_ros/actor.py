@@ -211,13 +211,17 @@ class ActorCore:
     # -- configuration ------------------------------------------------------------------------
 
     def _set_spec(self, spec: ObservationSpec) -> None:
+        """Adopt an observation spec; a new frame shape starts a new stack, any change a chain."""
+        old = getattr(self, 'spec', None)
         self.spec = spec
-        self._stack = FrameStack(spec.frame_stack, spec.image_size)
-        self._pushed: deque[tuple[int, np.ndarray]] = deque(maxlen=spec.frame_stack)
+        if old is None or (old.frame_stack, old.image_size) != (spec.frame_stack,
+                                                                 spec.image_size):
+            self._stack = FrameStack(spec.frame_stack, spec.image_size)
+            self._pushed: deque[tuple[int, np.ndarray]] = deque(maxlen=spec.frame_stack)
+            self._last_stamp: int | None = None
         self._frames: OrderedDict[int, _Frame] = OrderedDict()
         self._by_step: dict[tuple[int, int], _Frame] = {}
         self._episode_starts: deque[int] = deque(maxlen=8)
-        self._last_stamp: int | None = None
 
     @property
     def policy(self) -> PolicyLike | None:
@@ -227,8 +231,9 @@ class ActorCore:
         """
         Use ``policy`` from the next frame on.
 
-        A policy with another observation spec (e.g. a legacy 23-dim checkpoint) restarts the
-        observation: stacks of the old shape cannot feed it, and no transition spans the change.
+        A policy with another observation spec (e.g. a legacy 23-dim checkpoint) switches the
+        observation: no transition spans the change, and a new frame shape starts a new stack
+        (the image scaling lives in the network, so the uint8 stack is kept when only it differs).
         """
         self._policy = policy
         self.policy_version = version

@@ -175,14 +175,23 @@ def test_a_stamp_jump_or_a_new_route_restarts_the_stack(policy_a):
     np.testing.assert_allclose(jump, expected_action(policy_a, [frames[1]])[0], atol=1e-6)
 
 
-def test_a_policy_with_another_spec_switches_the_observation():
+def test_a_policy_with_another_spec_switches_the_observation(policy_a):
     legacy = make_policy(3, ObservationSpec(n_waypoints=10, image_scaling='minus_one_one'))
-    core = ActorCore(seed=0)
+    small = make_policy(4, ObservationSpec(frame_stack=2, image_size=64))
+    core = ActorCore(train=True, exploration_noise=0.0, seed=0)
     core.set_route(route_from_points(STRAIGHT))
-    core.set_policy(legacy, 3)
+    core.set_policy(policy_a, 1)
+    _, out = run_episode(core, [frame(0), frame(1)], [0.0, 0.0])
+    assert len(out) == 1
+    core.set_policy(legacy, 3)                     # same frames, other vector: stack kept
     assert core.spec.vector_dim == 23
-    result = core.step(0, frame(0), POSE)
-    np.testing.assert_allclose(result.action, expected_action(legacy, [frame(0)])[0],
+    result = core.step(2 * DT, frame(2), POSE)
+    np.testing.assert_allclose(result.action, expected_action(legacy, [frame(i) for i in (
+        0, 1, 2)])[0], atol=1e-6)
+    assert core.add_feedback(feedback(2 * DT, 2)) == []    # no transition across the change
+    core.set_policy(small, 4)                      # other frame shape: a new stack
+    result = core.step(3 * DT, frame(3, 64), POSE)
+    np.testing.assert_allclose(result.action, expected_action(small, [frame(3, 64)])[0],
                                atol=1e-6)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import array
 from dataclasses import dataclass
+import functools
 import os
 import socket
 import sys
@@ -151,6 +152,24 @@ class _StagedPolicy:
     sha256: str
 
 
+def _guarded(active: bool = True):
+    """
+    Run a callback of the inference group only while the node is active (or configured).
+
+    Holding the node's busy lock also keeps destroy_node and the lifecycle transitions from
+    tearing publishers down under a callback that is still using them. State-only inputs (the
+    latched route) are taken once configured, so one delivered before activation is not lost.
+    """
+    def decorator(callback):
+        @functools.wraps(callback)
+        def guarded(self, *args) -> None:
+            with self._busy:
+                if self._active or (not active and self._core is not None):
+                    callback(self, *args)
+        return guarded
+    return decorator
+
+
 def _is_choice(limits) -> bool:
     return isinstance(limits, tuple) and bool(limits) and isinstance(limits[0], str)
 
@@ -175,7 +194,8 @@ class PolicyNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         for name, (default, _, _) in PARAMETERS.items():
             self.declare_parameter(name, default, _descriptor(name))
-        self._lock = threading.Lock()          # guards _staged and the policy info
+        self._lock = threading.Lock()          # guards _staged and _current_weights
+        self._busy = threading.RLock()         # held by inference callbacks and teardown
         self._staged: _StagedPolicy | None = None
         self._settings: Settings | None = None
         self._core: ActorCore | None = None
@@ -384,20 +404,29 @@ class PolicyNode(LifecycleNode):
         return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._active = False
-        self._stop_vehicle()
+        with self._busy:
+            self._active = False
+            self._stop_vehicle()
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._destroy_entities()
+        with self._busy:
+            self._destroy_entities()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        if self._active:
-            self._active = False
-            self._stop_vehicle()
-        self._destroy_entities()
+        with self._busy:
+            if self._active:
+                self._active = False
+                self._stop_vehicle()
+            self._destroy_entities()
         return TransitionCallbackReturn.SUCCESS
+
+    def destroy_node(self) -> None:
+        """Stop the callbacks first, so that none publishes on a destroyed publisher."""
+        with self._busy:
+            self._active = False
+        super().destroy_node()
 
     def _stop_vehicle(self) -> None:
         """Leave the vehicle braked when the node stops commanding it."""
@@ -421,9 +450,8 @@ class PolicyNode(LifecycleNode):
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
 
+    @_guarded()
     def _on_image(self, msg: Image) -> None:
-        if not self._active:
-            return
         received = time.monotonic()
         self._image_stats.add(received)
         try:
@@ -432,7 +460,7 @@ class PolicyNode(LifecycleNode):
         except ObservationError as exc:
             self._counts['images_refused'] += 1
             self.get_logger().warning(f'refused camera image: {exc}',
-                                   throttle_duration_sec=LOG_THROTTLE_S)
+                                      throttle_duration_sec=LOG_THROTTLE_S)
             return
         self._last_image = received
         stamp = stamp_to_ns(msg.header.stamp)
@@ -448,16 +476,15 @@ class PolicyNode(LifecycleNode):
             pose = self._odometry.latest
         self._answer(stamp, gray, pose, received)
 
+    @_guarded()
     def _on_odometry(self, msg: Odometry) -> None:
-        if not self._active:
-            return
         p, q, v = msg.pose.pose.position, msg.pose.pose.orientation, msg.twist.twist.linear
         try:
             pose = pose_from_odometry((p.x, p.y, p.z), (q.x, q.y, q.z, q.w), (v.x, v.y, v.z))
         except ObservationError as exc:
             self._counts['odometry_refused'] += 1
             self.get_logger().warning(f'refused odometry: {exc}',
-                                   throttle_duration_sec=LOG_THROTTLE_S)
+                                      throttle_duration_sec=LOG_THROTTLE_S)
             return
         now = time.monotonic()
         self._last_odometry = now
@@ -470,30 +497,27 @@ class PolicyNode(LifecycleNode):
                 self._pending_image = None
                 self._answer(stamp, gray, pose, received)
 
+    @_guarded(active=False)
     def _on_waypoints(self, msg: Path) -> None:
-        if not self._active:
-            return
         points = [(s.pose.position.x, s.pose.position.y) for s in msg.poses]
         try:
             route = route_from_points(points)
         except ObservationError as exc:
             self._counts['waypoints_refused'] += 1
             self.get_logger().warning(f'refused waypoints: {exc}',
-                                   throttle_duration_sec=LOG_THROTTLE_S)
+                                      throttle_duration_sec=LOG_THROTTLE_S)
             return
         self._core.set_route(route)
         self.get_logger().info(f'route of {len(route)} waypoints ({route.length_m:.0f} m)')
 
+    @_guarded()
     def _on_feedback(self, msg: StepFeedback) -> None:
-        if not self._active:
-            return
         feedback = Feedback(stamp_to_ns(msg.header.stamp), msg.episode_id, msg.step,
                             float(msg.reward), msg.terminated, msg.truncated)
         self._publish_transitions(self._core.add_feedback(feedback))
 
+    @_guarded()
     def _on_trainer_stats(self, msg: TrainerStats) -> None:
-        if not self._active:
-            return
         self._budget.on_stats(msg.insert_allowance)
         if self._held_control is not None and not self._budget.must_hold:
             _, control = self._held_control
@@ -502,7 +526,7 @@ class PolicyNode(LifecycleNode):
 
     def _on_weights(self, msg: PolicyWeights) -> None:
         """Build the broadcast policy here, off the inference thread; swap it in later."""
-        if not self._active:
+        if self._settings is None:
             return
         with self._lock:
             current = self._current_weights
@@ -511,7 +535,7 @@ class PolicyNode(LifecycleNode):
             if 'already in use' not in why:
                 self._counts['weights_refused'] += 1
                 self.get_logger().warning(f'refused policy weights: {why}',
-                                       throttle_duration_sec=LOG_THROTTLE_S)
+                                          throttle_duration_sec=LOG_THROTTLE_S)
             return
         try:
             policy = Policy.from_export_bytes(msg.data.tobytes(), device=self._settings.device)
@@ -590,10 +614,9 @@ class PolicyNode(LifecycleNode):
             self._budget.on_published()
             self._counts['transitions_published'] += 1
 
+    @_guarded()
     def _on_watchdog(self) -> None:
         """Answer an image whose odometry is late; brake on stale input (not while held)."""
-        if not self._active:
-            return
         now = time.monotonic()
         if (self._pending_image is not None and
                 now - self._pending_image[2] > self._settings.sync_timeout):
@@ -648,15 +671,17 @@ class PolicyNode(LifecycleNode):
             response.sha256 = staged.sha256
             response.message = (f'loaded {path} (total_it {staged.total_it}); in use from the '
                                 'next camera frame')
-        log = self.get_logger().info if response.success else self.get_logger().warning
-        log(f'~/load_checkpoint: {response.message}')
+        # (rclpy ties a severity to each logging call site)
+        if response.success:
+            self.get_logger().info(f'~/load_checkpoint: {response.message}')
+        else:
+            self.get_logger().warning(f'~/load_checkpoint: {response.message}')
         return response
 
     # -- diagnostics --------------------------------------------------------------------------
 
+    @_guarded()
     def _publish_diagnostics(self) -> None:
-        if not self._active:
-            return
         now = time.monotonic()
         status = DiagnosticStatus(name=f'{self.get_fully_qualified_name()}: policy',
                                   hardware_id=self._settings.actor_id)
@@ -667,7 +692,11 @@ class PolicyNode(LifecycleNode):
                               'up (waiting for fresh trainer stats)')
         elif self._brake_reason is not None:
             status.level = DiagnosticStatus.ERROR
-            status.message = f'full brake: {self._brake_reason}'
+            reasons = [self._brake_reason]
+            if not self._core.train and self._core.policy is None and (
+                    NO_POLICY_REASON not in self._brake_reason):   # the cause behind the rest
+                reasons.append(f'{self._load_error}; {NO_POLICY_REASON}'.lstrip('; '))
+            status.message = 'full brake: ' + '; '.join(reasons)
         else:
             status.level = DiagnosticStatus.OK
             status.message = 'driving'
