@@ -379,6 +379,22 @@ class Renderer:
             hc, hs = math.cos(rel), math.sin(rel)
             hl, hw = 0.5 * traffic.length[k], 0.5 * traffic.width[k]
             height = traffic.height[k]
+            paint = traffic.color[k]
+            # far away a box is a few pixels: its silhouette rectangle is enough (and cheap)
+            depth = ahead * cos_p - (0.5 * height - cam.z_m) * sin_p
+            half = hl * abs(hs) + hw * abs(hc)
+            if depth > NEAR_M and fu * half / depth < 1.5:
+                top = ahead * sin_p + (height - cam.z_m) * cos_p
+                bottom = ahead * sin_p - cam.z_m * cos_p
+                u0, u1 = cu - fu * (left + half) / depth, cu - fu * (left - half) / depth
+                v0, v1 = cv - fv * top / depth, cv - fv * bottom / depth
+                pts = np.array(((u0, v0), (u1, v0), (u1, v1), (u0, v1)), np.float64) * scale
+                shade = 0.8
+                color = ((shade * (paint[0] * LUMA_B + paint[1] * LUMA_G + paint[2] * LUMA_R),)
+                         if gray else (shade * paint[0], shade * paint[1], shade * paint[2],
+                                       255.0))
+                cv2.fillConvexPoly(img, pts.astype(np.int32), color, line, shift)
+                continue
             corners = []                       # camera frame (depth, left, up)
             for z in (-cam.z_m, height - cam.z_m):
                 for sa, sb in _CORNER_SIGNS:
@@ -392,7 +408,6 @@ class Renderer:
             front_sun = math.cos(world_yaw) * SUN[0] + math.sin(world_yaw) * SUN[1]
             left_sun = math.cos(world_yaw) * SUN[1] - math.sin(world_yaw) * SUN[0]
             suns = (front_sun, -front_sun, left_sun, -left_sun, SUN[2])
-            paint = traffic.color[k]
             all_front = all(p[0] >= NEAR_M for p in corners)
             for face, visible in enumerate(facing):
                 if not visible:
