@@ -214,8 +214,8 @@ class ActorCore:
         """Adopt an observation spec; a new frame shape starts a new stack, any change a chain."""
         old = getattr(self, 'spec', None)
         self.spec = spec
-        if old is None or (old.frame_stack, old.image_size) != (spec.frame_stack,
-                                                                 spec.image_size):
+        if old is None or ((old.frame_stack, old.image_size) !=
+                           (spec.frame_stack, spec.image_size)):
             self._stack = FrameStack(spec.frame_stack, spec.image_size)
             self._pushed: deque[tuple[int, np.ndarray]] = deque(maxlen=spec.frame_stack)
             self._last_stamp: int | None = None

@@ -6,7 +6,7 @@ import math
 from av_td3_ros.actor import (
     ActorCore, BRAKE_ACTION, Feedback, InsertBudget, NO_POLICY_REASON, OdometryBuffer, Pose,
     pose_from_odometry, review_weights, RollingStats, route_from_points, stale_input_reason,
-    TWIST_FULL_THROTTLE, twist_from_control)
+    twist_from_control, TWIST_FULL_THROTTLE)
 from av_td3_ros.config import TD3Config
 from av_td3_ros.networks import build_actor, build_cnn
 from av_td3_ros.observation import (
