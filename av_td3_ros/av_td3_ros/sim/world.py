@@ -34,7 +34,6 @@ class VehicleParams:
 
     length_m: float = 4.7
     width_m: float = 1.9
-    height_m: float = 1.5
     wheelbase_m: float = 2.9
     rear_axle_to_cg_m: float = 1.45
     max_steer_rad: float = 0.61          # 35 degrees at the front wheels
