@@ -57,8 +57,8 @@ def pose_from_odometry(position: tuple[float, float, float],
     """
     Build a Pose from nav_msgs/Odometry values (position, quaternion xyzw, twist.linear).
 
-    Speed is the norm of the linear velocity, so it does not depend on whether a publisher puts
-    the twist in the body frame (REP-105) or, as some bridges do, in the world frame.
+    Speed is twist.linear.x: the forward speed, the twist being in the vehicle (child) frame as
+    REP-105 and carla-ros-bridge have it; the embedded simulator's gym env uses the same value.
     Raises ObservationError for NaN/inf values or a zero quaternion.
     """
     values = (*position, *orientation, *linear_velocity)
@@ -68,7 +68,7 @@ def pose_from_odometry(position: tuple[float, float, float],
     if qx * qx + qy * qy + qz * qz + qw * qw < 1e-12:
         raise ObservationError('odometry orientation is a zero quaternion')
     return Pose(float(position[0]), float(position[1]), yaw_from_quaternion(qx, qy, qz, qw),
-                math.sqrt(sum(v * v for v in linear_velocity)))
+                float(linear_velocity[0]))
 
 
 def route_from_points(points: list[tuple[float, float]] | np.ndarray) -> Route:
@@ -323,9 +323,12 @@ class ActorCore:
         Push a frame on the live stack.
 
         A new stack starts at a known episode start and when the stamps jump back (a restarted
-        simulator) or forward by more than the gap limit (the old frames are stale).
+        simulator) or forward by more than the gap limit (the old frames are stale). A frame with
+        the stamp of the last one is the same frame re-published and is not stacked twice.
         """
         last = self._last_stamp
+        if stamp and stamp == last:            # the same frame again (a re-published one)
+            return self._stack.stack
         if (stamp in self._episode_starts or
                 (last is not None and not 0 <= stamp - last <= self._stamp_gap_reset_ns)):
             self._reset_stack()

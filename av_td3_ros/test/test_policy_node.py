@@ -5,6 +5,7 @@ Each test starts a real PolicyNode (real checkpoints on disk, real torch network
 ROS context and checks what comes back on the control, transition and diagnostics topics.
 """
 
+import collections
 import hashlib
 import math
 import shutil
@@ -152,6 +153,7 @@ class Vehicle:
         self.stats_pub = n.create_publisher(TrainerStats, '/av_td3_trainer/stats', RELIABLE)
         self.lock = threading.Lock()
         self.controls: dict[int, VehicleControl] = {}
+        self.answers: collections.Counter[int] = collections.Counter()
         self.unstamped: list[VehicleControl] = []      # watchdog brakes (no frame's stamp)
         self.twists: list[Twist] = []
         self.transitions: list[Transition] = []
@@ -170,6 +172,7 @@ class Vehicle:
         with self.lock:
             if stamp in self.sent:
                 self.controls[stamp] = msg
+                self.answers[stamp] += 1
             else:
                 self.unstamped.append(msg)
 
@@ -305,6 +308,12 @@ def test_answers_every_encoding_with_the_image_stamp(start, vehicle, scene, chec
     vehicle.drive_until(messages['bgr8'], want)
     for encoding, msg in messages.items():
         assert close(vehicle.step(msg), want), encoding
+    # the same frame re-published (a synchronous simulator missed the control): same answer
+    stamp = vehicle.send(messages['rgba8'])
+    vehicle.control_for(stamp)
+    vehicle.image_pub.publish(messages['rgba8'])
+    wait_for(lambda: vehicle.answers[stamp] == 2, 5.0, 'a second answer')
+    assert close(vehicle.controls[stamp], want)
     big = image_msg(np.zeros((600, 800, 4), np.uint8), 'bgra8')
     stamp = vehicle.send(big)
     assert vehicle.control_for(stamp).header.stamp.nanosec == stamp % 1_000_000_000
@@ -419,17 +428,22 @@ def test_train_mode_pairs_transitions_takes_weights_and_honours_the_rate_limit(
     images = [image_msg(f, 'mono8') for f in frames]
     start(mode='train', exploration_noise=0.0, seed=5, sync_timeout=2.0, actor_id='test_actor')
 
-    def episode(episode_id: int, n: int, last: dict | None = None):
+    def episode(episode_id: int, n: int, last: dict | None = None, repeat: int = -1):
         controls = []
         for step in range(n):
             feedback = {'episode_id': episode_id, 'step': step, 'reward': 0.5 * step,
                         **(last if last and step == n - 1 else {})}
             controls.append(vehicle.step(images[step], feedback=feedback))
+            if step == repeat:       # re-published frame: the same (random) action again
+                stamp = vehicle.stamp
+                vehicle.image_pub.publish(images[step])
+                wait_for(lambda s=stamp: vehicle.answers[s] == 2, 5.0, 'a second answer')
+                assert vehicle.controls[stamp] == controls[-1]
         return controls
 
     # warm up until route and odometry are in (random warm-up actions: not a full brake)
     wait_for(lambda: not close(episode(0, 1)[0], BRAKE), 10.0, 'a driving answer')
-    controls = episode(1, 6, last={'truncated': True})
+    controls = episode(1, 6, last={'truncated': True}, repeat=2)
     got = wait_for(lambda: [t for t in vehicle.transitions if t.episode_id == 1] if len(
         [t for t in vehicle.transitions if t.episode_id == 1]) >= 5 else None, 5.0,
         '5 transitions')

@@ -314,6 +314,7 @@ class PolicyNode(LifecycleNode):
         self._last_odometry: float | None = None
         self._pending_image: tuple[int, object, float] | None = None   # waiting for odometry
         self._held_control: tuple[int, object] | None = None           # waiting for the learner
+        self._last_answer: tuple[int, object] | None = None            # (stamp, control)
         self._budget = InsertBudget()
         self._current_weights: tuple[int, str] | None = None
         self._brake_reason: str | None = 'not active'
@@ -324,7 +325,7 @@ class PolicyNode(LifecycleNode):
         self._counts = dict.fromkeys(('frames_answered', 'images_refused', 'odometry_refused',
                                       'waypoints_refused', 'weights_refused',
                                       'transitions_published', 'watchdog_brakes',
-                                      'frames_superseded'), 0)
+                                      'frames_superseded', 'frames_repeated'), 0)
 
     def _load_initial_checkpoint(self, settings: Settings) -> None:
         """
@@ -464,6 +465,12 @@ class PolicyNode(LifecycleNode):
             return
         self._last_image = received
         stamp = stamp_to_ns(msg.header.stamp)
+        if stamp and self._last_answer is not None and stamp == self._last_answer[0]:
+            # a re-published frame (a synchronous simulator missed our control): same answer
+            self._counts['frames_repeated'] += 1
+            if self._held_control is None:
+                self._control_pub.publish(self._last_answer[1])
+            return
         if self._pending_image is not None:
             self._counts['frames_superseded'] += 1
             self._pending_image = None
@@ -573,6 +580,7 @@ class PolicyNode(LifecycleNode):
             self._core.withdraw_action(self._held_control[0])
             self._counts['frames_superseded'] += 1
             self._held_control = None
+        self._last_answer = (stamp, control)
         if self._core.train and self._budget.must_hold:
             self._held_control = (stamp, control)
         else:
