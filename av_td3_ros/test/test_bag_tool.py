@@ -8,19 +8,30 @@ commands run through the same ``main()`` in-process, which spares a torch import
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 from pathlib import Path
+import signal
 import subprocess
 import sys
 import threading
 import time
 
 from av_td3_interfaces.msg import Transition, VehicleControl
-from av_td3_ros.bags import BagReader, BagWriter, RawTopics
+from av_td3_ros.bags import BagReader, BagWriter, RawTopics, replay_policy
+from av_td3_ros.checkpoint import inspect_checkpoint, load_checkpoint, save_checkpoint
+from av_td3_ros.config import TD3Config
+from av_td3_ros.nodes.policy_node import PolicyNode
+from av_td3_ros.nodes.sim_node import SimNode
 from av_td3_ros.nodes.trainer_node import TrainerNode
-from av_td3_ros.observation import ObservationSpec
-from av_td3_ros.tools.bag_tool import main as bag_tool_main
+from av_td3_ros.observation import action_to_control, ObservationSpec
+from av_td3_ros.policy import Policy
+from av_td3_ros.sim.env import AvTd3DriveEnv
+from av_td3_ros.td3 import TD3
+from av_td3_ros.tools.bag_tool import BagRecorder, main as bag_tool_main
+from av_td3_ros.tools.baseline import BaselineNode
 from nav_msgs.msg import Odometry, Path as PathMsg
 import numpy as np
 import pytest
@@ -31,6 +42,8 @@ from rosbags.typesys import get_typestore, Stores
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float32
 from test_bags import write_drive
+import torch
+import yaml
 
 pytestmark = pytest.mark.ros
 
@@ -43,12 +56,12 @@ def bag_tool(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
 
 
-def run_cli(capsys, *args) -> tuple[int, str, str]:
+def run_cli(*args) -> tuple[int, str, str]:
     """Run ``bag_tool`` through its entry point in this process; return (rc, stdout, stderr)."""
-    capsys.readouterr()
-    rc = bag_tool_main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = bag_tool_main([str(a) for a in args])
+    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture
@@ -94,9 +107,9 @@ def test_trainer_refuses_to_overwrite_a_bag(tmp_path, harness):
             'checkpoint_dir': str(tmp_path / 'ckpt'), 'record_bag': str(tmp_path / 'exists')}))
 
 
-def test_info_cli(tmp_path, capsys):
+def test_info_cli(tmp_path):
     write_drive(tmp_path / 'drive', storage='sqlite3')
-    rc, out, err = run_cli(capsys, 'info', tmp_path / 'drive', '--json')
+    rc, out, err = run_cli('info', tmp_path / 'drive', '--json')
     assert rc == 0, err
     info = json.loads(out)
     assert info['storage'] == 'sqlite3'
@@ -128,14 +141,14 @@ def _copy_with(src: Path, dst: Path, skip_topic: str | None = None,
             writer.write(item.topic, data, item.timestamp_ns)
 
 
-def test_replay_cli_names_a_missing_topic_and_a_corrupt_message(tmp_path, capsys):
+def test_replay_cli_names_a_missing_topic_and_a_corrupt_message(tmp_path):
     write_drive(tmp_path / 'drive')
     _copy_with(tmp_path / 'drive', tmp_path / 'no_odom', skip_topic=TOPICS.odometry)
     _copy_with(tmp_path / 'drive', tmp_path / 'corrupt', truncate=(TOPICS.image, 4))
     checkpoint = tmp_path / 'policy.pth'
     _untrained_checkpoint(checkpoint)
 
-    rc, out, err = run_cli(capsys, 'replay', tmp_path / 'no_odom', '--checkpoint', checkpoint)
+    rc, out, err = run_cli('replay', tmp_path / 'no_odom', '--checkpoint', checkpoint)
     assert rc == 2 and out == ''
     assert err.strip().splitlines() == [
         f'bag_tool replay: {tmp_path / "no_odom"} has no topic {TOPICS.odometry} '
@@ -146,7 +159,7 @@ def test_replay_cli_names_a_missing_topic_and_a_corrupt_message(tmp_path, capsys
                 TOPICS.image: 'sensor_msgs/msg/Image',
                 TOPICS.waypoints: 'nav_msgs/msg/Path'}.items()))]
 
-    rc, out, err = run_cli(capsys, 'replay', tmp_path / 'corrupt', '--checkpoint', checkpoint,
+    rc, out, err = run_cli('replay', tmp_path / 'corrupt', '--checkpoint', checkpoint,
                            '--json')
     assert rc == 2 and out == ''
     (line,) = err.strip().splitlines()
@@ -154,7 +167,7 @@ def test_replay_cli_names_a_missing_topic_and_a_corrupt_message(tmp_path, capsys
                            f'{TOPICS.image} (sensor_msgs/msg/Image) at ')
     assert 'cannot be decoded' in line
 
-    rc, out, err = run_cli(capsys, 'replay', tmp_path / 'drive', '--checkpoint', checkpoint,
+    rc, out, err = run_cli('replay', tmp_path / 'drive', '--checkpoint', checkpoint,
                            '--json')
     assert rc == 0, err
     report = json.loads(out)
@@ -162,9 +175,6 @@ def test_replay_cli_names_a_missing_topic_and_a_corrupt_message(tmp_path, capsys
 
 
 def _untrained_checkpoint(path: Path, **config) -> None:
-    from av_td3_ros.checkpoint import save_checkpoint
-    from av_td3_ros.config import TD3Config
-    from av_td3_ros.td3 import TD3
     save_checkpoint(path, TD3(TD3Config(features_dim=16, hidden=(16, 16), **config)))
 
 
@@ -203,9 +213,11 @@ def test_play_publishes_with_the_recorded_timing(tmp_path, harness):
         assert (msg.width, msg.height, msg.encoding, msg.step) == (32, 24, 'bgra8', 128)
         assert bytes(msg.data) == sent.data.tobytes()
     assert len(got['path'][0][1].poses) == 100
-    # 39 frame intervals of 50 ms at rate 2: >= 0.975 s apart (timing kept, not flooded)
-    span = got['image'][-1][0] - got['image'][0][0]
-    assert 0.9 <= span <= 3.0, span
+    # frames 50 ms apart played at rate 2: 25 ms apart on arrival (timing kept, not flooded);
+    # the median ignores a late first delivery and the odd scheduling hiccup of a loaded host
+    arrivals = np.array([t for t, _ in got['image']])
+    assert 0.018 <= float(np.median(np.diff(arrivals))) <= 0.04, np.diff(arrivals)
+    assert 0.7 <= arrivals[-1] - arrivals[0] <= 3.0
 
 
 def test_record_cli(tmp_path, harness):
@@ -215,13 +227,15 @@ def test_record_cli(tmp_path, harness):
     latched.publish(PathMsg())
     process = subprocess.Popen(
         [sys.executable, '-m', 'av_td3_ros.tools.bag_tool', 'record', str(tmp_path / 'rec'),
-         '--topics', '/bag_test/speed', '/bag_test/path', '--storage', 'sqlite3',
-         '--duration', '5'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: publisher.get_subscription_count() > 0, 20, 'the recorder')
+         '--topics', '/bag_test/speed', '/bag_test/path', '--storage', 'sqlite3'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: publisher.get_subscription_count() > 0, 30, 'the recorder')
     time.sleep(0.3)
     for i in range(20):
         publisher.publish(Float32(data=float(i)))
         time.sleep(0.01)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)   # Ctrl-C: the bag is closed, not abandoned
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
     assert json.loads(out.strip().splitlines()[-1])['recorded'] == {
@@ -230,3 +244,165 @@ def test_record_cli(tmp_path, harness):
         assert reader.offered_qos('/bag_test/path') == (True, True)
         values = [m.message.data for m in reader.messages(['/bag_test/speed'])]
     assert values == [float(i) for i in range(20)]
+
+
+# ------------------------------------------------------------------ a drive of the simulator
+
+SIM_SEED = 3
+EPISODE_STEPS = 200
+# Small networks and 36x36 frames so that a few hundred updates fit the test budget on 2 shared
+# cores; the architecture is the project's (NatureCNN + actor/critic heads).
+OFFLINE_CONFIG = {'obs': {'image_size': 36}, 'features_dim': 64, 'hidden': [64, 64],
+                  'batch_size': 32, 'actor_lr': 1e-3, 'critic_lr': 1e-3, 'num_threads': 1,
+                  'seed': 0}
+UPDATES = 400
+PLAY_SECONDS = 4.0
+# TD3+BC with alpha = 2.5 is tuned for ~1e6 updates; after a few hundred the critic is barely
+# trained and lambda * Q swamps the BC term (measured: the policy learns to brake). A smaller
+# alpha keeps the Q term but lets the behaviour cloning part show within the budget.
+BC_ALPHA = 0.05
+
+
+@pytest.fixture(scope='module')
+def sim_drive(tmp_path_factory):
+    """
+    Record two episodes of the real sim_node driven by the baseline ROS controller.
+
+    The recorder (bag_tool's BagRecorder, writing through bags.BagWriter) subscribes to the raw
+    topics before the simulator starts, so the bag holds every frame from step 0, as
+    ``ros2 bag record`` started first would. 320x240 camera to keep DDS traffic small.
+    """
+    path = tmp_path_factory.mktemp('drive') / 'baseline_drive'
+    harness = RosHarness()
+    try:
+        with BagWriter(path, 'mcap') as writer:
+            recorder = harness.add(BagRecorder(writer, [], context=harness.context))
+            for topic, msgtype in TOPICS.required(with_feedback=True).items():
+                recorder.subscribe(topic, msgtype[0],
+                                   transient_local=topic == TOPICS.waypoints)
+            baseline = harness.add(BaselineNode(2, context=harness.context))
+            sim = harness.add(SimNode(context=harness.context, parameter_overrides=overrides({
+                'camera_width': 320, 'camera_height': 240, 'seed': SIM_SEED,
+                'max_episode_steps': EPISODE_STEPS})))
+            wait_for(lambda: baseline.done, 120, 'two baseline episodes')
+            harness.remove(sim)
+            time.sleep(0.2)
+    finally:
+        harness.shutdown()
+    return path
+
+
+@pytest.fixture(scope='module')
+def offline(sim_drive, tmp_path_factory):
+    """Train offline from the drive with the CLI; return paths and what it printed."""
+    root = tmp_path_factory.mktemp('offline')
+    config = root / 'small.yaml'
+    config.write_text(yaml.safe_dump(OFFLINE_CONFIG))
+    out = root / 'offline.pth'
+    rc, stdout, stderr = run_cli('train', sim_drive, '--config', config, '--out', out,
+                                 '--updates', UPDATES, '--bc-alpha', BC_ALPHA)
+    assert rc == 0, stderr
+    untrained = root / 'untrained.pth'
+    torch.manual_seed(0)
+    save_checkpoint(untrained, TD3(TD3Config.from_yaml(config)))
+    return {'config': config, 'trained': out, 'untrained': untrained,
+            'summary': json.loads(stdout), 'stderr': stderr}
+
+
+def _drive(policy_act, spec: ObservationSpec, seed: int) -> float:
+    """Distance driven in one episode of the gym env on the road of sim_node's seed."""
+    env = AvTd3DriveEnv(track_seed=SIM_SEED, step_limit=EPISODE_STEPS, obs_spec=spec)
+    obs, info = env.reset(seed=seed)
+    done = False
+    while not done:
+        obs, _, terminated, truncated, info = env.step(policy_act(obs))
+        done = terminated or truncated
+    return info['distance_m']
+
+
+def test_drive_bag_holds_the_raw_topics(sim_drive):
+    with BagReader(sim_drive) as reader:
+        counts = {t.topic: t.count for t in reader.info().topics}
+        episodes = {m.message.episode_id for m in reader.messages([TOPICS.feedback])}
+    frames = 2 * (EPISODE_STEPS + 1)
+    assert counts[TOPICS.image] >= frames and counts[TOPICS.feedback] >= frames
+    assert counts[TOPICS.control] >= frames - 1 and counts[TOPICS.odometry] >= frames
+    assert len(episodes) >= 2
+
+
+def test_offline_td3_bc_beats_untrained_and_random(offline, sim_drive):
+    summary = offline['summary']
+    assert summary['source'] == 'raw' and summary['total_it'] == UPDATES
+    assert summary['transitions'] >= 2 * EPISODE_STEPS - 2   # every recorded step
+    assert summary['bc_alpha'] == BC_ALPHA
+    assert f'{UPDATES}/{UPDATES}' in offline['stderr'] and 'train [' in offline['stderr']
+
+    # a v1 checkpoint that the trainer loads (its own capacity) and the policy node deploys
+    assert inspect_checkpoint(offline['trained'])['format'] == 'v1'
+    trainer_config = TD3Config.from_yaml(offline['config'])
+    info, _ = load_checkpoint(offline['trained'], TD3(trainer_config))
+    assert info.total_it == UPDATES
+    trained = Policy.load(offline['trained'])
+    untrained = Policy.load(offline['untrained'])
+
+    reports = {}
+    for name in ('trained', 'untrained'):
+        rc, out, err = run_cli('replay', sim_drive, '--checkpoint', offline[name], '--json')
+        assert rc == 0, err
+        reports[name] = json.loads(out)
+    assert reports['trained']['compared'] >= 2 * EPISODE_STEPS - 2
+    assert reports['trained']['agreement_rate'] >= 0.5
+    assert reports['trained']['agreement_rate'] >= reports['untrained']['agreement_rate'] + 0.3
+    assert reports['trained']['mean_abs_steer_diff'] < 0.5 * (
+        reports['untrained']['mean_abs_steer_diff'])
+    assert reports['trained']['mean_abs_throttle_brake_diff'] < (
+        reports['untrained']['mean_abs_throttle_brake_diff'])
+
+    rng = np.random.default_rng(0)
+    learned = [_drive(lambda o: trained.act(o['image'], o['vector']), trained.spec, s)
+               for s in (10, 11)]
+    random = [_drive(lambda o: rng.uniform(-1.0, 1.0, 2), trained.spec, s) for s in (10, 11)]
+    assert sum(learned) > max(3 * sum(random), sum(random) + 20.0), (learned, random)
+    assert untrained.spec == trained.spec
+
+
+def test_play_drives_the_policy_node_as_the_simulator_did(offline, sim_drive, harness):
+    """
+    The live policy node fed by ``bag_tool play`` answers each frame as the open-loop replay.
+
+    Played at the recorded pace (the simulator's lock-step is gone), the node may supersede a
+    frame whose odometry comes late; a dropped frame changes the next stacks, so the exact
+    comparison covers frames whose stack the node saw complete.
+    """
+    with BagReader(sim_drive) as reader:
+        steps = replay_policy(reader, Policy.load(offline['trained'])).steps
+    window_ns = int(PLAY_SECONDS * 1e9)
+    expected = {s.stamp: s.action for s in steps if s.stamp - steps[0].stamp < window_ns - 10**8}
+    controls = {}
+    lock = threading.Lock()
+
+    def keep(msg):
+        with lock:
+            controls[msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec] = msg
+
+    harness.client.create_subscription(VehicleControl, TOPICS.control, keep, 1000)
+    harness.add(PolicyNode(context=harness.context, parameter_overrides=overrides({
+        'checkpoint_path': str(offline['trained']), 'checkpoint_dir': str(Path(
+            offline['trained']).parent), 'image_qos_depth': 100, 'num_threads': 1})))
+    result = bag_tool('play', sim_drive, '--duration', PLAY_SECONDS, '--wait-for-subscribers',
+                      '20', '--topics', TOPICS.image, TOPICS.odometry, TOPICS.waypoints,
+                      TOPICS.feedback)
+    assert result.returncode == 0, result.stderr
+    time.sleep(0.5)
+    with lock:
+        answered = dict(controls)
+    stamps = sorted(expected)
+    assert sum(s in answered for s in stamps) >= 0.8 * len(stamps)
+    complete = [s for i, s in enumerate(stamps)
+                if i >= 3 and all(t in answered for t in stamps[i - 3:i + 1])]
+    assert len(complete) >= 0.5 * len(stamps)
+    for stamp in complete:
+        steer, throttle, brake = action_to_control(expected[stamp])
+        msg = answered[stamp]
+        assert (msg.steer, msg.throttle, msg.brake) == pytest.approx(
+            (steer, throttle, brake), abs=1e-4), stamp

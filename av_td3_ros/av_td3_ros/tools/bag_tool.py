@@ -4,7 +4,7 @@ Bags for learning and testing policies without the ros2 CLI (DESIGN §9).
     bag_tool info BAG [--json]
     bag_tool train BAG [--config CFG] --out CKPT --updates N [--bc-alpha A]
     bag_tool replay BAG --checkpoint CKPT [--json]
-    bag_tool play BAG [--rate R] [--topics T ...] [--clock]
+    bag_tool play BAG [--rate R] [--topics T ...] [--duration S] [--clock]
     bag_tool record BAG (--topics T ... | --all) [--storage mcap|sqlite3] [--duration S]
 
 ``train`` learns offline (TD3+BC) from recorded transitions or from raw drive topics, turned
@@ -290,10 +290,11 @@ class BagPlayer(Node):
     """Publishes a bag's messages with their recorded timing, scaled by ``rate``."""
 
     def __init__(self, reader: BagReader, topics: list[str] | None, rate: float,
-                 clock: bool) -> None:
-        super().__init__('av_td3_bag_player')
+                 clock: bool, duration_s: float = 0.0, **kwargs) -> None:
+        super().__init__('av_td3_bag_player', **kwargs)
         self._reader = reader
         self._rate = rate
+        self._duration_ns = int(duration_s * 1e9)
         have = reader.topics()
         self.topics = topics or sorted(have)
         reader.require(dict.fromkeys(self.topics))
@@ -324,6 +325,8 @@ class BagPlayer(Node):
         for item in self._reader.messages(self.topics):
             if start_bag is None:
                 start_bag = item.timestamp_ns
+            if self._duration_ns and item.timestamp_ns - start_bag > self._duration_ns:
+                break
             delay = start_wall + (item.timestamp_ns - start_bag) / 1e9 / self._rate
             wait = delay - time.monotonic()
             if wait > 0:
@@ -343,7 +346,7 @@ def cmd_play(args: argparse.Namespace, ros_args: list[str]) -> int:
     player = None
     try:
         with BagReader(args.bag, args.distro) as reader:
-            player = BagPlayer(reader, args.topics, args.rate, args.clock)
+            player = BagPlayer(reader, args.topics, args.rate, args.clock, args.duration)
             if args.wait_for_subscribers > 0 and not player.wait_for_subscribers(
                     args.wait_for_subscribers):
                 player.get_logger().warning(
@@ -369,12 +372,33 @@ def cmd_play(args: argparse.Namespace, ros_args: list[str]) -> int:
 class BagRecorder(Node):
     """Subscribes to topics as serialised messages and writes them as they arrive."""
 
-    def __init__(self, writer: BagWriter, topics: list[str] | None) -> None:
-        super().__init__('av_td3_bag_recorder')
+    def __init__(self, writer: BagWriter, topics: list[str] | None, **kwargs) -> None:
+        super().__init__('av_td3_bag_recorder', **kwargs)
         self._writer = writer
         self._wanted = topics
         self._topic_subscriptions = {}
         self.discover()
+
+    def subscribe(self, topic: str, msgtype: str, *, reliable: bool = True,
+                  transient_local: bool = False) -> None:
+        """
+        Record ``topic`` from now on, whether or not it has a publisher yet.
+
+        Subscribing before the publishers start is how nothing gets lost at the start (the
+        first frame of a synchronous simulator); the QoS is what the bag records as offered.
+        """
+        cls = message_class(msgtype)
+        self._writer.add_topic(topic, msgtype, reliable=reliable,
+                               transient_local=transient_local)
+        qos = QoSProfile(
+            depth=100,
+            reliability=(ReliabilityPolicy.RELIABLE if reliable
+                         else ReliabilityPolicy.BEST_EFFORT),
+            durability=(DurabilityPolicy.TRANSIENT_LOCAL if transient_local
+                        else DurabilityPolicy.VOLATILE))
+        self._topic_subscriptions[topic] = self.create_subscription(
+            cls, topic, functools.partial(self._on_message, topic), qos, raw=True)
+        self.get_logger().info(f'recording {topic} ({msgtype})')
 
     def discover(self) -> list[str]:
         """Subscribe to wanted topics that have appeared in the graph; return the missing."""
@@ -383,31 +407,20 @@ class BagRecorder(Node):
         for topic in wanted:
             if topic in self._topic_subscriptions or topic not in types:
                 continue
-            msgtype = types[topic][0]
             infos = self.get_publishers_info_by_topic(topic)
             if not infos:
                 continue
-            reliable = all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE
-                           for i in infos)
-            latched = all(i.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
-                          for i in infos)
             try:
-                self._writer.add_topic(topic, msgtype, reliable=reliable,
-                                       transient_local=latched)
-                cls = message_class(msgtype)
+                self.subscribe(
+                    topic, types[topic][0],
+                    reliable=all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+                                 for i in infos),
+                    transient_local=all(
+                        i.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
+                        for i in infos))
             except BagError as err:
                 self.get_logger().error(f'not recording {topic}: {err}')
                 self._topic_subscriptions[topic] = None
-                continue
-            qos = QoSProfile(
-                depth=100,
-                reliability=(ReliabilityPolicy.RELIABLE if reliable
-                             else ReliabilityPolicy.BEST_EFFORT),
-                durability=(DurabilityPolicy.TRANSIENT_LOCAL if latched
-                            else DurabilityPolicy.VOLATILE))
-            self._topic_subscriptions[topic] = self.create_subscription(
-                cls, topic, functools.partial(self._on_message, topic), qos, raw=True)
-            self.get_logger().info(f'recording {topic} ({msgtype})')
         return [t for t in wanted if t not in self._topic_subscriptions]
 
     def _on_message(self, topic: str, data: bytes) -> None:
@@ -502,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument('--rate', type=_positive, default=1.0,
                       help='time scale: 2 plays twice as fast (default 1)')
     play.add_argument('--topics', nargs='+', default=None, help='only these topics')
+    play.add_argument('--duration', type=float, default=0.0, metavar='S',
+                      help='play only the first S seconds of bag time (default: all)')
     play.add_argument('--clock', action='store_true',
                       help=f'also publish the bag time on {CLOCK_TOPIC} (for use_sim_time)')
     play.add_argument('--wait-for-subscribers', type=float, default=0.0, metavar='S',
