@@ -458,6 +458,13 @@ def cmd_record(args: argparse.Namespace, ros_args: list[str]) -> int:
 # command line
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be >= 1, got {text}')
+    return value
+
+
 def _positive(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -491,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument('--config', default=None,
                        help='TD3 config YAML (default: the DESIGN defaults)')
     train.add_argument('--out', required=True, help='checkpoint file to write (.pth)')
-    train.add_argument('--updates', type=int, required=True, help='TD3 updates to run')
+    train.add_argument('--updates', type=_positive_int, required=True,
+                       help='TD3 updates to run')
     train.add_argument('--bc-alpha', type=float, default=2.5,
                        help='TD3+BC alpha (Fujimoto & Gu 2021); 0 = plain TD3 (default 2.5)')
     train.add_argument('--seed', type=int, default=None, help='override the config seed')
