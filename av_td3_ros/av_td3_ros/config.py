@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from av_td3_ros.observation import ObservationSpec
+import torch
 import yaml
 
 __all__ = ['ObservationSpec', 'ParameterInfo', 'TD3Config']
@@ -128,6 +129,11 @@ class TD3Config:
                 f'spi_error_buffer must be >= (samples_per_insert + batch_size) / 2 = '
                 f'{(self.samples_per_insert + self.batch_size) / 2:g}, got '
                 f'{self.spi_error_buffer:g}')
+        try:
+            torch.device(self.device)
+        except (RuntimeError, ValueError):
+            raise ValueError(f'device must be a torch device such as cpu, cuda or cuda:1, '
+                             f'got {self.device!r}') from None
         if self.cnn == 'legacy' and self.obs.image_size != 84:
             raise ValueError(f'cnn=legacy needs obs.image_size 84 (its LayerNorm shapes are '
                              f'fixed), got {self.obs.image_size}')

@@ -25,7 +25,8 @@ def test_defaults_are_design_section_6():
 @pytest.mark.parametrize('field,value', [
     ('gamma', 1.5), ('tau', 0.0), ('batch_size', 0), ('policy_delay', 0),
     ('cnn', 'resnet'), ('precision', 'fp16'), ('actor_lr', float('nan')),
-    ('batch_size', 2.5), ('learning_starts', True), ('device', ''), ('grad_clip_norm', -1.0),
+    ('batch_size', 2.5), ('learning_starts', True), ('device', ''), ('device', 'gpu0'),
+    ('grad_clip_norm', -1.0),
 ])
 def test_out_of_range_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
