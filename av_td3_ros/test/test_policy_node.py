@@ -426,7 +426,8 @@ def test_train_mode_pairs_transitions_takes_weights_and_honours_the_rate_limit(
     frames = [np.random.default_rng(10 + i).integers(0, 256, (84, 84), dtype=np.uint8)
               for i in range(40)]
     images = [image_msg(f, 'mono8') for f in frames]
-    start(mode='train', exploration_noise=0.0, seed=5, sync_timeout=2.0, actor_id='test_actor')
+    start(mode='train', exploration_noise=0.0, seed=5, sync_timeout=2.0, actor_id='test_actor',
+          input_timeout=1.0)
 
     def episode(episode_id: int, n: int, last: dict | None = None, repeat: int = -1):
         controls = []
@@ -487,11 +488,15 @@ def test_train_mode_pairs_transitions_takes_weights_and_honours_the_rate_limit(
     vehicle.stats_pub.publish(TrainerStats(insert_allowance=0))
     vehicle.diagnostic(lambda s, v: v['insert_allowance'] == '0')
     stamp = vehicle.send(images[0], feedback={'episode_id': 4, 'step': 0})
-    time.sleep(0.8)
+    vehicle.clear()
+    time.sleep(1.5)                         # longer than input_timeout
     assert stamp not in vehicle.controls
     vehicle.diagnostic(lambda s, v: s.level == DiagnosticStatus.WARN and 'holding' in s.message)
+    assert not vehicle.unstamped            # holding is not stale input: no watchdog brake
     vehicle.stats_pub.publish(TrainerStats(insert_allowance=5))
     vehicle.control_for(stamp)
+    time.sleep(0.5)                         # ... nor is the simulator's next step after it
+    assert not vehicle.unstamped
     vehicle.stats_pub.publish(TrainerStats(insert_allowance=-1))
 
 

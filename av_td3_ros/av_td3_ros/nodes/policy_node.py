@@ -312,6 +312,7 @@ class PolicyNode(LifecycleNode):
         self._odometry = OdometryBuffer()
         self._last_image: float | None = None
         self._last_odometry: float | None = None
+        self._hold_ended = -1.0      # a released hold restarts the watchdog's clock
         self._pending_image: tuple[int, object, float] | None = None   # waiting for odometry
         self._held_control: tuple[int, object] | None = None           # waiting for the learner
         self._last_answer: tuple[int, object] | None = None            # (stamp, control)
@@ -529,6 +530,7 @@ class PolicyNode(LifecycleNode):
         if self._held_control is not None and not self._budget.must_hold:
             _, control = self._held_control
             self._held_control = None
+            self._hold_ended = time.monotonic()   # the simulator only steps from now on
             self._control_pub.publish(control)
 
     def _on_weights(self, msg: PolicyWeights) -> None:
@@ -639,7 +641,9 @@ class PolicyNode(LifecycleNode):
             self._answer(stamp, gray, pose, received)
         if self._held_control is not None:
             return
-        reason = stale_input_reason(now, self._last_image, self._last_odometry,
+        last_image, last_odometry = (None if last is None else max(last, self._hold_ended)
+                                     for last in (self._last_image, self._last_odometry))
+        reason = stale_input_reason(now, last_image, last_odometry,
                                     self._settings.input_timeout)
         if reason is not None:
             self._counts['watchdog_brakes'] += 1
