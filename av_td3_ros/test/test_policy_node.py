@@ -536,6 +536,15 @@ def test_carla_output_needs_carla_msgs(start, capfd):
         assert not start(control_output='carla', cli_args=REMAP_CONTROL).autostart_failed
 
 
+@pytest.mark.parametrize('params,says', [
+    ({'mode': 'race'}, 'parameter mode must be one of deploy, train'),
+    ({'device': 'gpu0'}, 'parameter device: Invalid device string'),
+    ({'odometry_sync': 'guess'}, 'parameter odometry_sync must be one of stamp, latest')])
+def test_a_bad_configuration_is_refused_with_the_reason(start, capfd, params, says):
+    assert start(**params).autostart_failed
+    assert says in capfd.readouterr().err
+
+
 def test_without_autostart_a_lifecycle_manager_drives_it(
         start, vehicle, scene, ros, checkpoints):
     messages, gray = scene

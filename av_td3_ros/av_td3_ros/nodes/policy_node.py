@@ -221,6 +221,10 @@ class PolicyNode(LifecycleNode):
         for name in ('trainer_stats_topic', 'device'):
             if not value[name]:
                 raise ValueError(f'parameter {name} must not be empty')
+        try:
+            torch.device(value['device'])
+        except RuntimeError as exc:
+            raise ValueError(f'parameter device: {exc}') from None
         reliability = (ReliabilityPolicy.RELIABLE if value['image_qos_reliability'] == 'reliable'
                        else ReliabilityPolicy.BEST_EFFORT)
         actor_id = value['actor_id'] or (
