@@ -539,7 +539,8 @@ def test_carla_output_needs_carla_msgs(start, capfd):
 @pytest.mark.parametrize('params,says', [
     ({'mode': 'race'}, 'parameter mode must be one of deploy, train'),
     ({'device': 'gpu0'}, 'parameter device: Invalid device string'),
-    ({'odometry_sync': 'guess'}, 'parameter odometry_sync must be one of stamp, latest')])
+    ({'odometry_sync': 'guess'}, 'parameter odometry_sync must be one of stamp, latest'),
+    ({'mode': 'train', 'trainer_stats_topic': 'bad topic!'}, 'Invalid topic name')])
 def test_a_bad_configuration_is_refused_with_the_reason(start, capfd, params, says):
     assert start(**params).autostart_failed
     assert says in capfd.readouterr().err

@@ -305,7 +305,12 @@ class PolicyNode(LifecycleNode):
         self._load_error = ''
         if settings.checkpoint_path:
             self._load_initial_checkpoint(settings)
-        self._create_entities(settings, control_type)
+        try:
+            self._create_entities(settings, control_type)
+        except Exception as exc:  # e.g. an invalid topic name: say so, stay unconfigured
+            self._destroy_entities()
+            self.get_logger().error(f'configuration failed: {exc}')
+            return TransitionCallbackReturn.FAILURE
         self.get_logger().info(
             f'configured: mode {"train" if settings.train else "deploy"}, control_output '
             f'{settings.control_output}, camera {self._image_sub.topic_name} '
@@ -359,48 +364,45 @@ class PolicyNode(LifecycleNode):
                              policy.sha256)
 
     def _create_entities(self, settings: Settings, control_type) -> None:
+        """Create publishers, subscriptions, service and timers (kept for the cleanup)."""
+        self._entities = []
+
+        def keep(entity):
+            self._entities.append(entity)
+            return entity
         infer = MutuallyExclusiveCallbackGroup()
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        deep = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self._control_pub = self.create_lifecycle_publisher(control_type, CONTROL_TOPIC, 10)
-        self._diagnostics_pub = self.create_lifecycle_publisher(
-            DiagnosticArray, '/diagnostics', 10)
-        self._image_sub = self.create_subscription(
-            Image, IMAGE_TOPIC, self._on_image, settings.image_qos, callback_group=infer)
-        self._entities = [
-            self._control_pub, self._diagnostics_pub, self._image_sub,
-            self.create_subscription(Odometry, ODOMETRY_TOPIC, self._on_odometry, reliable,
-                                     callback_group=infer),
-            self.create_subscription(Path, WAYPOINTS_TOPIC, self._on_waypoints, latched,
-                                     callback_group=infer),
-            self.create_subscription(StepFeedback, FEEDBACK_TOPIC, self._on_feedback,
-                                     QoSProfile(depth=100,
-                                                reliability=ReliabilityPolicy.RELIABLE),
-                                     callback_group=infer),
-            self.create_service(LoadCheckpoint, '~/load_checkpoint', self._on_load_checkpoint,
-                                callback_group=MutuallyExclusiveCallbackGroup()),
-            self.create_timer(WATCHDOG_PERIOD_S, self._on_watchdog, callback_group=infer),
-            self.create_timer(settings.diagnostics_period, self._publish_diagnostics,
-                              callback_group=infer),
-        ]
-        self._transitions_pub = None
+        self._control_pub = keep(self.create_lifecycle_publisher(control_type, CONTROL_TOPIC,
+                                                                 reliable))
+        self._diagnostics_pub = keep(self.create_lifecycle_publisher(
+            DiagnosticArray, '/diagnostics', reliable))
+        self._transitions_pub = keep(self.create_lifecycle_publisher(
+            Transition, TRANSITIONS_TOPIC, deep)) if settings.train else None
+        self._image_sub = keep(self.create_subscription(
+            Image, IMAGE_TOPIC, self._on_image, settings.image_qos, callback_group=infer))
+        keep(self.create_subscription(Odometry, ODOMETRY_TOPIC, self._on_odometry, reliable,
+                                      callback_group=infer))
+        keep(self.create_subscription(Path, WAYPOINTS_TOPIC, self._on_waypoints, latched,
+                                      callback_group=infer))
+        keep(self.create_subscription(StepFeedback, FEEDBACK_TOPIC, self._on_feedback, deep,
+                                      callback_group=infer))
         if settings.train:
-            self._transitions_pub = self.create_lifecycle_publisher(
-                Transition, TRANSITIONS_TOPIC,
-                QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
-            self._entities += [
-                self._transitions_pub,
-                self.create_subscription(PolicyWeights, WEIGHTS_TOPIC, self._on_weights,
-                                         latched,
-                                         callback_group=MutuallyExclusiveCallbackGroup()),
-                # best effort matches any publisher; a lost stats message only delays a resume
-                self.create_subscription(TrainerStats, settings.trainer_stats_topic,
-                                         self._on_trainer_stats,
-                                         QoSProfile(depth=1,
-                                                    reliability=ReliabilityPolicy.BEST_EFFORT),
-                                         callback_group=infer),
-            ]
+            keep(self.create_subscription(PolicyWeights, WEIGHTS_TOPIC, self._on_weights,
+                                          latched,
+                                          callback_group=MutuallyExclusiveCallbackGroup()))
+            # best effort matches any publisher; a lost stats message only delays a resume
+            keep(self.create_subscription(
+                TrainerStats, settings.trainer_stats_topic, self._on_trainer_stats,
+                QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT),
+                callback_group=infer))
+        keep(self.create_service(LoadCheckpoint, '~/load_checkpoint', self._on_load_checkpoint,
+                                 callback_group=MutuallyExclusiveCallbackGroup()))
+        keep(self.create_timer(WATCHDOG_PERIOD_S, self._on_watchdog, callback_group=infer))
+        keep(self.create_timer(settings.diagnostics_period, self._publish_diagnostics,
+                               callback_group=infer))
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         result = super().on_activate(state)
