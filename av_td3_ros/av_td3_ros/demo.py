@@ -1,0 +1,347 @@
+"""
+The main job behind ``make demo`` (DESIGN §10): learn to drive in minutes, then prove it.
+
+1. Bring up the ``train_sim`` configuration in this process (nodes/bringup.py, the same nodes,
+   YAML files and fixed parameters as launch/train_sim.launch.py) with the demo profile
+   ``config/demo.yaml`` on top: embedded simulator (synchronous, small camera), policy node in
+   train mode, trainer node. A monitor node prints one progress line every few seconds.
+2. After ``DEMO_MINUTES`` (default 10) minus the time reserved for evaluation, save a checkpoint
+   through the trainer's ``~/save_checkpoint`` service (a real service call over DDS) and stop.
+3. Evaluate the deterministic policy loaded from that checkpoint (``Policy.load``) and a uniform
+   random policy on the same fresh seeds in the gym env ``AvTd3Drive-v0`` (the same observation
+   builder and renderer as the simulator node, without DDS in the loop).
+4. Write ``results/demo.json``, ``results/training_curve.png`` and print a small table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import deque
+from dataclasses import asdict, dataclass, field
+import json
+import math
+import os
+from pathlib import Path
+import sys
+import threading
+import time
+from typing import Any
+
+from av_td3_interfaces.msg import StepFeedback, TrainerStats
+from av_td3_interfaces.srv import SaveCheckpoint
+from av_td3_ros.nodes.bringup import Bringup, config_dir
+import numpy as np
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+EVAL_SEED_BASE = 10_000          # evaluation seeds; training uses the sim's own seed stream
+PROGRESS_PERIOD_S = 5.0
+STARTUP_RESERVE_S = 20.0         # bring-up, save, shut-down and plotting
+
+
+@dataclass
+class EpisodeRecord:
+    """One finished training episode, as the step feedback told it."""
+
+    env_steps: int          # cumulative env steps when it ended
+    episode_return: float
+    distance_m: float
+    steps: int
+    reason: str
+
+
+@dataclass
+class EvalEpisode:
+    """One evaluation episode in the gym env."""
+
+    seed: int
+    episode_return: float
+    distance_m: float
+    mean_abs_lateral_m: float
+    steps: int
+    success: bool
+    reason: str
+
+
+@dataclass
+class EvalSummary:
+    """The numbers demo.json reports per policy."""
+
+    mean_return: float
+    mean_distance_m: float
+    mean_abs_lateral_m: float
+    success_rate: float
+    episodes: list[EvalEpisode] = field(default_factory=list)
+
+
+class DemoMonitor(Node):
+    """Watch the training graph: episodes from step feedback, progress from trainer stats."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__('av_td3_demo_monitor', **kwargs)
+        self._lock = threading.Lock()
+        self.env_steps = 0
+        self.episodes: list[EpisodeRecord] = []
+        self.stats: TrainerStats | None = None
+        self._return = 0.0
+        self._steps = 0
+        self._last_distance = 0.0
+        reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
+                              reliability=ReliabilityPolicy.RELIABLE)
+        self.create_subscription(StepFeedback, '/av_td3/step_feedback', self._on_feedback,
+                                 reliable)
+        self.create_subscription(TrainerStats, '/av_td3_trainer/stats', self._on_stats, 10)
+        self.save_client = self.create_client(SaveCheckpoint, '/av_td3_trainer/save_checkpoint')
+
+    def _on_feedback(self, msg: StepFeedback) -> None:
+        with self._lock:
+            if msg.step == 0:   # first frame of an episode: nothing earned yet
+                self._return, self._steps = 0.0, 0
+                return
+            self.env_steps += 1
+            self._steps += 1
+            self._return += msg.reward
+            self._last_distance = msg.distance_m
+            if msg.terminated or msg.truncated:
+                self.episodes.append(EpisodeRecord(
+                    self.env_steps, self._return, float(msg.distance_m), self._steps,
+                    msg.reason or ('truncated' if msg.truncated else 'terminated')))
+
+    def _on_stats(self, msg: TrainerStats) -> None:
+        with self._lock:
+            self.stats = msg
+
+    def snapshot(self) -> tuple[int, list[EpisodeRecord], TrainerStats | None]:
+        with self._lock:
+            return self.env_steps, list(self.episodes), self.stats
+
+    def save_checkpoint(self, timeout: float = 120.0) -> SaveCheckpoint.Response:
+        """Call the trainer's save service (empty path: td3_step_<total_it>.pth)."""
+        if not self.save_client.wait_for_service(timeout_sec=30.0):
+            raise RuntimeError('the trainer save_checkpoint service is not available')
+        future = self.save_client.call_async(SaveCheckpoint.Request())
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        if not done.wait(timeout):
+            raise RuntimeError(f'save_checkpoint did not answer within {timeout:.0f} s')
+        return future.result()
+
+
+def _clock(seconds: float) -> str:
+    return f'{int(seconds // 60)}:{int(seconds % 60):02d}'
+
+
+class Progress:
+    """One progress line every few seconds (rewritten in place on a terminal)."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self.start = time.monotonic()
+        self._tty = sys.stdout.isatty()
+        self._rates: deque[tuple[float, int, int]] = deque(maxlen=4)
+
+    def show(self, env_steps: int, episodes: list[EpisodeRecord],
+             stats: TrainerStats | None) -> None:
+        now = time.monotonic()
+        updates = int(stats.total_it) if stats else 0
+        self._rates.append((now, env_steps, updates))
+        t0, e0, u0 = self._rates[0]
+        dt = max(now - t0, 1e-6)
+        recent = episodes[-3:]
+        returns = ' '.join(f'{e.episode_return:.0f}' for e in recent) or '-'
+        distance = ' '.join(f'{e.distance_m:.0f}' for e in recent) or '-'
+        line = (f'[demo] {_clock(now - self.start)}/{_clock(self.budget_s)} '
+                f'env steps {env_steps} ({(env_steps - e0) / dt:.0f}/s) '
+                f'episodes {len(episodes)} | updates {updates} ({(updates - u0) / dt:.1f}/s) '
+                f'| last returns {returns} | distance m {distance}')
+        if self._tty:
+            print('\r' + line[:160].ljust(160), end='', flush=True)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self._tty:
+            print(flush=True)
+
+
+def train(budget_s: float, results: Path, params_files: list[Path],
+          overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Run the training graph for ``budget_s`` seconds, save through the service, shut down."""
+    checkpoint_dir = results / 'checkpoints'
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    trainer = {'checkpoint_dir': str(checkpoint_dir),
+               'tensorboard_dir': str(results / 'tensorboard'), **overrides.get(
+                   'av_td3_trainer', {})}
+    policy = {'checkpoint_dir': str(checkpoint_dir), **overrides.get('av_td3_policy', {})}
+    started = time.monotonic()
+    bringup = Bringup('train_sim', params_files,
+                      {**overrides, 'av_td3_trainer': trainer, 'av_td3_policy': policy})
+    monitor = DemoMonitor(context=bringup.context)
+    bringup.add_node(monitor)
+    bringup.spin_in_background()
+    progress = Progress(budget_s)
+    try:
+        deadline = started + budget_s
+        next_line = time.monotonic() + PROGRESS_PERIOD_S
+        while time.monotonic() < deadline:
+            time.sleep(min(0.2, max(deadline - time.monotonic(), 0.0)))
+            if time.monotonic() >= next_line:
+                progress.show(*monitor.snapshot())
+                next_line += PROGRESS_PERIOD_S
+        progress.show(*monitor.snapshot())
+        progress.close()
+        response = monitor.save_checkpoint()
+        if not response.success:
+            raise RuntimeError(f'save_checkpoint failed: {response.message}')
+        train_s = time.monotonic() - started
+        env_steps, episodes, stats = monitor.snapshot()
+    finally:
+        monitor.destroy_node()
+        bringup.shutdown()
+    print(f'[demo] saved {response.path} (update {response.total_it}, '
+          f'sha256 {response.sha256[:12]}) through ~/save_checkpoint', flush=True)
+    return {
+        'checkpoint_path': response.path, 'checkpoint_sha256': response.sha256,
+        'train_updates': int(response.total_it), 'train_env_steps': env_steps,
+        'train_episodes': len(episodes), 'train_s': train_s,
+        'env_steps_per_s': env_steps / train_s if train_s > 0 else 0.0,
+        'updates_per_s': int(response.total_it) / train_s if train_s > 0 else 0.0,
+        'final_critic_loss': float(stats.critic_loss) if stats else math.nan,
+        'final_q_mean': float(stats.q_mean) if stats else math.nan,
+        'curve': [asdict(e) for e in episodes],
+    }
+
+
+def evaluate(act, seeds: list[int], scenario: int, max_steps: int) -> EvalSummary:
+    """Run one episode per seed in AvTd3Drive-v0 with ``act(obs) -> action``."""
+    import gymnasium as gym
+    import av_td3_ros.sim  # noqa: F401  (registers AvTd3Drive-v0)
+    env = gym.make('AvTd3Drive-v0', scenario=scenario, max_episode_steps=max_steps)
+    episodes = []
+    try:
+        for seed in seeds:
+            obs, info = env.reset(seed=seed)
+            total, lateral, steps = 0.0, 0.0, 0
+            terminated = truncated = False
+            while not (terminated or truncated):
+                obs, reward, terminated, truncated, info = env.step(act(obs))
+                total += float(reward)
+                lateral += abs(float(info['lateral_deviation_m']))
+                steps += 1
+            reason = info.get('reason') or ('truncated' if truncated else 'terminated')
+            episodes.append(EvalEpisode(
+                seed, total, float(info['distance_m']), lateral / max(steps, 1), steps,
+                success=bool(truncated and not terminated) or reason == 'route_complete',
+                reason=reason))
+    finally:
+        env.close()
+    return EvalSummary(
+        mean_return=float(np.mean([e.episode_return for e in episodes])),
+        mean_distance_m=float(np.mean([e.distance_m for e in episodes])),
+        mean_abs_lateral_m=float(np.mean([e.mean_abs_lateral_m for e in episodes])),
+        success_rate=float(np.mean([e.success for e in episodes])),
+        episodes=episodes)
+
+
+def plot_curve(curve: list[dict], path: Path, policy: EvalSummary, random: EvalSummary) -> None:
+    """Episode return and distance against env steps, with the evaluation means as lines."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    steps = [c['env_steps'] for c in curve]
+    fig, axes = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for ax, key, label, attr in ((axes[0], 'episode_return', 'episode return', 'mean_return'),
+                                 (axes[1], 'distance_m', 'distance driven (m)',
+                                  'mean_distance_m')):
+        ax.plot(steps, [c[key] for c in curve], '.', alpha=0.5, label='training episodes')
+        if len(curve) >= 5:
+            values = np.array([c[key] for c in curve])
+            smooth = np.convolve(values, np.ones(5) / 5, mode='valid')
+            ax.plot(steps[4:], smooth, '-', label='moving mean (5)')
+        ax.axhline(getattr(policy, attr), color='green', ls='--', label='eval: trained policy')
+        ax.axhline(getattr(random, attr), color='red', ls=':', label='eval: random policy')
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc='best', fontsize=8)
+    axes[1].set_xlabel('environment steps')
+    fig.suptitle('TD3 on the embedded simulator (make demo)')
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _table(policy: EvalSummary, random: EvalSummary) -> str:
+    rows = [('', 'trained policy', 'random policy'),
+            ('mean return', f'{policy.mean_return:.1f}', f'{random.mean_return:.1f}'),
+            ('mean distance (m)', f'{policy.mean_distance_m:.1f}',
+             f'{random.mean_distance_m:.1f}'),
+            ('mean |lateral| (m)', f'{policy.mean_abs_lateral_m:.2f}',
+             f'{random.mean_abs_lateral_m:.2f}'),
+            ('success rate', f'{policy.success_rate:.2f}', f'{random.success_rate:.2f}')]
+    return '\n'.join(f'  {a:<20}{b:>16}{c:>16}' for a, b, c in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; DEMO_MINUTES sets its total length (default 10)."""
+    parser = argparse.ArgumentParser(description='make demo: train, save, evaluate')
+    parser.add_argument('--minutes', type=float,
+                        default=float(os.environ.get('DEMO_MINUTES', '10')),
+                        help='total wall time (default: $DEMO_MINUTES or 10)')
+    parser.add_argument('--results', type=Path, default=Path('results'))
+    parser.add_argument('--params-file', type=Path, action='append', default=[],
+                        help='more ROS parameters files after config/demo.yaml')
+    parser.add_argument('--eval-episodes', type=int, default=5)
+    parser.add_argument('--eval-reserve-s', type=float, default=None,
+                        help='seconds kept for evaluation (default: from the episode count)')
+    args = parser.parse_args(argv)
+    wall_start = time.monotonic()
+    results = args.results.resolve()
+    results.mkdir(parents=True, exist_ok=True)
+    demo_yaml = config_dir() / 'demo.yaml'
+    scenario, max_steps = 0, 1000
+    # trained policy ~3 ms/step + random ~0.5 ms/step, at most max_steps each
+    reserve = args.eval_reserve_s if args.eval_reserve_s is not None else \
+        args.eval_episodes * max_steps * 0.004
+    budget = args.minutes * 60.0 - reserve - STARTUP_RESERVE_S
+    if budget < 20:
+        print(f'[demo] DEMO_MINUTES={args.minutes:g} leaves {budget:.0f} s to train; '
+              'give at least 1.5 minutes', flush=True)
+        return 2
+    print(f'[demo] training for {_clock(budget)} on the embedded simulator (scenario '
+          f'{scenario}), then evaluating {args.eval_episodes} episodes each; profile '
+          f'{demo_yaml}', flush=True)
+    outcome = train(budget, results, [demo_yaml, *args.params_file], {
+        'av_td3_sim': {'scenario': scenario, 'max_episode_steps': max_steps}})
+
+    from av_td3_ros.policy import Policy
+    policy = Policy.load(outcome['checkpoint_path'])
+    seeds = [EVAL_SEED_BASE + i for i in range(args.eval_episodes)]
+    eval_start = time.monotonic()
+    trained = evaluate(lambda obs: policy.act(obs['image'], obs['vector']), seeds, scenario,
+                       max_steps)
+    rng = np.random.default_rng(0)
+    random = evaluate(lambda obs: rng.uniform(-1.0, 1.0, 2).astype(np.float32), seeds,
+                      scenario, max_steps)
+    eval_s = time.monotonic() - eval_start
+    curve = outcome.pop('curve')
+    plot_curve(curve, results / 'training_curve.png', trained, random)
+    report = {
+        **outcome, 'wall_s': time.monotonic() - wall_start, 'eval_s': eval_s,
+        'demo_minutes': args.minutes, 'scenario': scenario, 'eval_seeds': seeds,
+        'eval_backend': 'gym env AvTd3Drive-v0 (same observation builder and renderer)',
+        'profile': str(demo_yaml),
+        'policy': asdict(trained), 'random': asdict(random),
+        'distance_ratio': trained.mean_distance_m / max(random.mean_distance_m, 1e-6),
+        'training_curve': curve,
+    }
+    (results / 'demo.json').write_text(json.dumps(report, indent=2) + '\n')
+    print(f'[demo] {outcome["train_env_steps"]} env steps, {outcome["train_updates"]} updates '
+          f'in {_clock(outcome["train_s"])}; evaluation on seeds {seeds[0]}..{seeds[-1]}:')
+    print(_table(trained, random))
+    print(f'[demo] wrote {results / "demo.json"} and {results / "training_curve.png"} '
+          f'({_clock(report["wall_s"])} in all)', flush=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
