@@ -132,6 +132,11 @@ class Learner:
                  on_checkpoint: Callable[[CheckpointInfo], None] | None = None,
                  on_error: Callable[[str], None] | None = None,
                  on_unblock: Callable[[], None] | None = None) -> None:
+        if config.buffer_capacity < max(config.learning_starts, config.batch_size):
+            # the buffer could never hold enough to start, while the limiter holds the actors
+            raise ValueError(f'buffer_capacity ({config.buffer_capacity}) must be >= '
+                             f'learning_starts ({config.learning_starts}) and batch_size '
+                             f'({config.batch_size})')
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.config = config
