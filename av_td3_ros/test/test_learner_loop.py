@@ -55,10 +55,10 @@ def test_capacity_below_learning_starts_is_refused(tmp_path):
 def test_bad_transitions_are_refused_and_nothing_is_stored(tmp_path):
     learner = Learner(config(), LearnerOptions(str(tmp_path)))
     frames = np.zeros(4 * 36 * 36, np.uint8)
-    good = dict(actor_id='a', episode_id=0, step=0, obs_frames=frames,
-                obs_vector=np.zeros(53), action=[0.0, 0.0], reward=0.0,
-                next_frame=np.zeros(36 * 36, np.uint8), next_vector=np.zeros(53),
-                terminated=False, truncated=False)
+    good = {'actor_id': 'a', 'episode_id': 0, 'step': 0, 'obs_frames': frames,
+            'obs_vector': np.zeros(53), 'action': [0.0, 0.0], 'reward': 0.0,
+            'next_frame': np.zeros(36 * 36, np.uint8), 'next_vector': np.zeros(53),
+            'terminated': False, 'truncated': False}
     for field, value in (('obs_frames', frames[:-1]), ('next_frame', b'\x00' * 10),
                          ('obs_vector', np.zeros(52)), ('action', [math.nan, 0.0]),
                          ('reward', math.inf)):
