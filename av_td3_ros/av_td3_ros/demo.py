@@ -96,7 +96,7 @@ class DemoMonitor(Node):
         self.stats: TrainerStats | None = None
         self._return = 0.0
         self._steps = 0
-        self._last_distance = 0.0
+        self._last_key: tuple[int, int] | None = None
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
                               reliability=ReliabilityPolicy.RELIABLE)
         self.create_subscription(StepFeedback, '/av_td3/step_feedback', self._on_feedback,
@@ -107,13 +107,16 @@ class DemoMonitor(Node):
 
     def _on_feedback(self, msg: StepFeedback) -> None:
         with self._lock:
+            key = (msg.episode_id, msg.step)
+            if key == self._last_key:   # the sim re-publishes a frame nobody answered
+                return
+            self._last_key = key
             if msg.step == 0:   # first frame of an episode: nothing earned yet
                 self._return, self._steps = 0.0, 0
                 return
             self.env_steps += 1
             self._steps += 1
             self._return += msg.reward
-            self._last_distance = msg.distance_m
             if msg.terminated or msg.truncated:
                 self.episodes.append(EpisodeRecord(
                     self.env_steps, self._return, float(msg.distance_m), self._steps,
@@ -128,23 +131,26 @@ class DemoMonitor(Node):
             return self.env_steps, list(self.episodes), self.stats
 
     def publish_demonstrations(self, transitions, window: int = 400,
-                               timeout: float = 60.0) -> int:
+                               stall_timeout: float = 60.0) -> int:
         """
         Publish demonstration transitions, at most ``window`` ahead of the trainer's count.
 
         The pacing keeps the reliable keep-last queues from overwriting what the trainer has
-        not taken yet. Returns how many were published.
+        not taken yet. Fails if the trainer takes nothing for ``stall_timeout`` seconds.
+        Returns how many were published.
         """
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + stall_timeout
         while self._stats_transitions() is None:
             if time.monotonic() > deadline:
                 raise RuntimeError('no trainer stats: is the trainer running?')
             time.sleep(0.05)
-        base = self._stats_transitions()
+        base = seen = self._stats_transitions()
         published = 0
         for msg in transitions:
-            while self._stats_transitions() < base + published - window:
-                if time.monotonic() > deadline:
+            while (count := self._stats_transitions()) < base + published - window:
+                if count > seen:
+                    seen, deadline = count, time.monotonic() + stall_timeout
+                elif time.monotonic() > deadline:
                     raise RuntimeError('the trainer stopped taking demonstration transitions')
                 time.sleep(0.01)
             self.transitions.publish(msg)
@@ -371,7 +377,8 @@ def evaluate(act, seeds: list[int], scenario: int, max_steps: int, track_seed: i
         episodes=episodes)
 
 
-def plot_curve(curve: list[dict], path: Path, policy: EvalSummary, random: EvalSummary) -> None:
+def plot_curve(curve: list[dict], path: Path, policy: EvalSummary, random: EvalSummary,
+               title: str) -> None:
     """Episode return and distance against env steps, with the evaluation means as lines."""
     import matplotlib
     matplotlib.use('Agg')
@@ -392,7 +399,7 @@ def plot_curve(curve: list[dict], path: Path, policy: EvalSummary, random: EvalS
         ax.grid(alpha=0.3)
     axes[0].legend(loc='best', fontsize=8)
     axes[1].set_xlabel('environment steps')
-    fig.suptitle('TD3 on the embedded simulator (make demo)')
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -464,7 +471,10 @@ def main(argv: list[str] | None = None) -> int:
                       scenario, max_steps, track_seed, outcome['camera'])
     eval_s = time.monotonic() - eval_start
     curve = outcome.pop('curve')
-    plot_curve(curve, results / 'training_curve.png', trained, random)
+    demos = outcome['demonstration_transitions']
+    plot_curve(curve, results / 'training_curve.png', trained, random,
+               f'make demo: TD3{"+BC with " + str(demos) + " demonstration steps" if demos else ""}'
+               f', {outcome["train_updates"]} updates (policy node episodes)')
     report = {
         **outcome, 'wall_s': time.monotonic() - wall_start, 'eval_s': eval_s,
         'demo_minutes': args.minutes, 'scenario': scenario, 'eval_seeds': seeds,
