@@ -472,9 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     eval_s = time.monotonic() - eval_start
     curve = outcome.pop('curve')
     demos = outcome['demonstration_transitions']
+    method = f'TD3+BC with {demos} demonstration steps' if demos else 'TD3'
     plot_curve(curve, results / 'training_curve.png', trained, random,
-               f'make demo: TD3{"+BC with " + str(demos) + " demonstration steps" if demos else ""}'
-               f', {outcome["train_updates"]} updates (policy node episodes)')
+               f'make demo: {method}, {outcome["train_updates"]} updates (policy node episodes)')
     report = {
         **outcome, 'wall_s': time.monotonic() - wall_start, 'eval_s': eval_s,
         'demo_minutes': args.minutes, 'scenario': scenario, 'eval_seeds': seeds,
