@@ -144,7 +144,9 @@ class Bringup:
                     entry, user_files, {**entry.fixed, **overrides.get(entry.name, {})},
                     namespace, use_default_params)
         except BaseException:
-            self.shutdown()
+            # a node whose __init__ failed half way may fail to tear down: keep the cause
+            with contextlib.suppress(Exception):
+                self.shutdown()
             raise
         self.executor = MultiThreadedExecutor(num_threads=max(4, 2 * len(self.nodes)),
                                               context=self.context)
@@ -166,8 +168,13 @@ class Bringup:
         if namespace:
             args += ['-r', f'__ns:={namespace}']
         node_class = getattr(importlib.import_module(entry.module), entry.class_name)
-        return node_class(context=self.context, cli_args=args,
+        node = node_class(context=self.context, cli_args=args,
                           parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+        unknown = sorted(name for name in params if not node.has_parameter(name))
+        if unknown:  # rclpy ignores overrides of undeclared parameters: a typo would pass
+            node.destroy_node()
+            raise ValueError(f'{entry.name} has no parameter(s) {", ".join(unknown)}')
+        return node
 
     def spin(self) -> None:
         """Spin all nodes in the calling thread until shutdown."""
@@ -218,8 +225,8 @@ def main(args: list[str] | None = None) -> None:
     try:
         bringup = Bringup(ns.configuration, ns.params_file, parse_set(ns.set), ns.namespace,
                           use_default_params=not ns.no_default_params, ros_args=ros_args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f'[bringup] {exc}', flush=True)
+    except Exception as exc:  # any node that cannot start: one clear line, not a traceback
+        print(f'[bringup] cannot start {ns.configuration}: {exc}', flush=True)
         raise SystemExit(2) from None
     try:
         bringup.spin()

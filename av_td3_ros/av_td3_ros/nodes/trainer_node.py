@@ -30,6 +30,7 @@ from rcl_interfaces.msg import (
     FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType)
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -349,10 +350,12 @@ class TrainerNode(Node):
 
     def destroy_node(self) -> None:
         """Stop the learner (and wait for checkpoint writes) before the node goes away."""
-        self.learner.stop()
-        if self._tensorboard is not None:
+        # also called by the context's shutdown on a node whose __init__ failed half way
+        if getattr(self, 'learner', None) is not None:
+            self.learner.stop()
+        if getattr(self, '_tensorboard', None) is not None:
             self._tensorboard.close()
-        if self._bag is not None:
+        if getattr(self, '_bag', None) is not None:
             try:
                 self._bag.close()
             except BagError as exc:
@@ -371,7 +374,7 @@ def main(args: list[str] | None = None) -> None:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except (ValueError, CheckpointError) as exc:
+    except (ValueError, CheckpointError, ParameterException) as exc:
         print(f'[av_td3_trainer] cannot start: {exc}', flush=True)
         raise SystemExit(1) from None
     finally:
