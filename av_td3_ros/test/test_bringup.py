@@ -13,7 +13,7 @@ def test_parse_set_reads_values_as_yaml():
         'a': {'b': 3, 'c': 0.5, 'd': True},
         'x': {'y': [1, 2], 'obs.image_size': 84, 's': 'text', 'e': ''}}
     for bad in ('noequals', 'nodot=1', '.p=1', 'n.=1'):
-        with pytest.raises(ValueError, match='NODE.PARAM=VALUE'):
+        with pytest.raises(ValueError, match=r'NODE\.PARAM=VALUE'):
             parse_set([bad])
 
 
@@ -23,8 +23,8 @@ def test_precedence_node_yaml_then_params_files_then_fixed_then_set(tmp_path):
                      '    input_timeout: 2.0\n    diagnostics_period: 3.0\n    mode: train\n')
     second = tmp_path / 'second.yaml'
     second.write_text('av_td3_policy:\n  ros__parameters:\n    diagnostics_period: 4.0\n')
-    graph = Bringup('drive', [first, second], {'av_td3_policy': {'input_timeout': 5.0,
-                                                                  'autostart': False}})
+    overrides = {'av_td3_policy': {'input_timeout': 5.0, 'autostart': False}}
+    graph = Bringup('drive', [first, second], overrides)
     try:
         node = graph.nodes['av_td3_policy']
         value = {n: node.get_parameter(n).value for n in
