@@ -303,3 +303,24 @@ def test_bad_transitions_are_dropped_and_the_node_keeps_running(graph):
     response = graph['harness'].call(SaveCheckpoint, '/av_td3_trainer/save_checkpoint',
                                      SaveCheckpoint.Request(path='after_bad.pth'))
     assert response.success, response.message
+
+
+def test_resume_latest_at_start_and_a_bad_resume_refuses_to_start(graph, tmp_path):
+    harness = graph['harness']
+    newest = sorted(graph['ckpt'].glob('*.pth'), key=lambda p: p.stat().st_mtime_ns)[-1]
+    expected = int(torch.load(newest, weights_only=True)['learner']['total_it'])
+    params = {**SMALL, 'checkpoint_dir': str(graph['ckpt']), 'resume': 'latest'}
+    node = TrainerNode(node_name='resumed_trainer', context=harness.context,
+                       parameter_overrides=overrides(params))
+    try:
+        assert node.learner.td3.total_it == expected
+        assert node.learner.stats().weights_version >= 1   # resumed weights go out at once
+    finally:
+        node.destroy_node()
+    for resume, reason in (('missing.pth', 'no such file'), ('latest', 'no checkpoint')):
+        empty = tmp_path / 'empty'
+        empty.mkdir(exist_ok=True)
+        with pytest.raises(Exception, match=reason):
+            TrainerNode(node_name='bad_resume', context=harness.context,
+                        parameter_overrides=overrides({**SMALL, 'resume': resume,
+                                                       'checkpoint_dir': str(empty)}))
