@@ -77,7 +77,7 @@ def test_trainer_records_the_transitions_it_receives(tmp_path, harness, storage)
     bag = tmp_path / 'recorded'
     node = harness.add(TrainerNode(context=harness.context, parameter_overrides=overrides({
         'features_dim': 16, 'hidden': [16, 16], 'batch_size': 4, 'learning_starts': 1000,
-        'buffer_capacity': 64, 'num_threads': 1, 'checkpoint_dir': str(tmp_path / 'ckpt'),
+        'buffer_capacity': 1000, 'num_threads': 1, 'checkpoint_dir': str(tmp_path / 'ckpt'),
         'record_bag': str(bag), 'record_bag_storage': storage})))
     publisher = harness.client.create_publisher(Transition, '/av_td3/transitions', 100)
     wait_for(lambda: publisher.get_subscription_count() > 0, 20, 'the trainer subscription')
