@@ -12,4 +12,10 @@ export PYTHONUNBUFFERED=1
 echo "[test] ROS_DOMAIN_ID=$ROS_DOMAIN_ID"
 # Run from the package directory, as `colcon test` does: the ament linters scan the cwd.
 cd av_td3_ros
-python -m pytest test "$@"
+# The end-to-end graph test runs in a process of its own: it brings up three nodes and a
+# learner thread, and state left in the interpreter by the ~270 tests before it (threads, DDS
+# participants) has made it miss its deadline. Then the rest of the suite.
+status=0
+python -m pytest test/test_e2e.py "$@" || status=$?
+python -m pytest test --ignore=test/test_e2e.py "$@" || status=$?
+exit $status

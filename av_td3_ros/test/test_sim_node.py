@@ -283,8 +283,9 @@ def test_realtime_mode_steps_on_a_timer(graph):
     time.sleep(1.0)
     rate = (probe.count('image') - start) / (time.monotonic() - t0)
     assert 8.0 < rate < 22.0, rate
+    # consecutive steps (the probe may match after the first timer frame went out)
     steps = [f.step for f in probe.get('feedback')]
-    assert steps == list(range(len(steps)))
+    assert steps and steps == list(range(steps[0], steps[0] + len(steps)))
 
 
 def test_baseline_drives_the_sim_node_as_a_ros_controller(graph):
