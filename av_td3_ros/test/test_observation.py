@@ -28,6 +28,16 @@ def test_every_color_encoding_matches_opencv(encoding, code, channels):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize('width,height', [(800, 600), (1280, 720), (802, 601)])
+def test_large_frames_match_a_one_step_area_resize_within_rounding(width, height):
+    rng = np.random.default_rng(width)
+    gray = cv2.GaussianBlur(rng.integers(0, 256, (height, width), np.uint8), (9, 9), 3)
+    bgra = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGRA)
+    got = image_to_gray(bgra.tobytes(), width, height, 'bgra8')
+    expected = cv2.resize(gray, (84, 84), interpolation=cv2.INTER_AREA)
+    assert np.abs(got.astype(int) - expected).max() <= 1
+
+
 def test_rgb_and_bgr_of_the_same_scene_agree():
     bgr = _color_image()
     rgb = bgr[:, :, ::-1].copy()

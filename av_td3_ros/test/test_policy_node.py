@@ -33,6 +33,7 @@ import numpy as np
 import pytest
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import serialize_message
 from ros_harness import overrides, RosHarness, wait_for
 from sensor_msgs.msg import Image
 import torch
@@ -198,7 +199,7 @@ class Vehicle:
             path.poses.append(pose)
         self.route_pub.publish(path)
 
-    def send(self, image: Image, odometry: bool = True, pose=POSE, feedback=None) -> int:
+    def send(self, image: Image | bytes, odometry: bool = True, pose=POSE, feedback=None) -> int:
         """Publish feedback, odometry and image of one new frame; return its stamp (ns)."""
         self.stamp += DT
         stamp = self.stamp
@@ -219,7 +220,8 @@ class Vehicle:
             odom.pose.pose.orientation.w = math.cos(yaw / 2)
             odom.twist.twist.linear.x = speed
             self.odometry_pub.publish(odom)
-        image.header.stamp.sec, image.header.stamp.nanosec = sec, nanosec
+        if not isinstance(image, bytes):               # bytes: a serialized (bad) frame as is
+            image.header.stamp.sec, image.header.stamp.nanosec = sec, nanosec
         self.image_pub.publish(image)
         return stamp
 
@@ -404,15 +406,17 @@ def test_bad_input_is_refused_and_the_node_keeps_running(start, vehicle, scene, 
     unknown = image_msg(np.zeros((10, 10, 2), np.uint8), '16UC1')
     short = image_msg(np.zeros((120, 160, 3), np.uint8), 'bgr8')
     short.data = short.data[:-7]
+    truncated = serialize_message(messages['bgr8'])[:-9]
+    garbage = b'\x00\x03' + truncated[2:]                # not plain CDR: rclpy fails on it too
     refused = []
-    for image in (unknown, short):                     # one by one: the camera QoS is depth 1
+    for image in (unknown, short, truncated, garbage):  # one by one: the camera QoS is depth 1
         refused.append(vehicle.send(image))
         time.sleep(0.2)
     vehicle.send(messages['mono8'], pose=(math.nan, 0.0, 0.0, 1.0))
     vehicle.publish_route([(0.0, 0.0)])                # one point is no route
     try:
         vehicle.diagnostic(lambda s, v: (v['images_refused'], v['odometry_refused'],
-                                         v['waypoints_refused']) == ('2', '1', '1'))
+                                         v['waypoints_refused']) == ('4', '1', '1'))
         assert close(vehicle.step(messages['mono8']), want)    # old route, still driving
         assert all(stamp not in vehicle.controls for stamp in refused)
     finally:

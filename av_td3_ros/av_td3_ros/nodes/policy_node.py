@@ -31,6 +31,8 @@ from av_td3_ros.actor import (
     StepResult, twist_from_control)
 from av_td3_ros.checkpoint import (
     CheckpointError, newest_checkpoint, resolve_checkpoint_path)
+from av_td3_ros.image_cdr import (
+    RawImage, read_image, SerializedImageError, UnsupportedEncapsulation)
 from av_td3_ros.observation import action_to_control, ObservationError
 from av_td3_ros.policy import Policy
 from builtin_interfaces.msg import Time
@@ -45,6 +47,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import Image
 import torch
 
@@ -150,6 +153,17 @@ class _StagedPolicy:
     source: str
     total_it: int
     sha256: str
+
+
+def _decode_image(serialized: bytes) -> RawImage:
+    """Read a camera frame's bytes; rclpy decodes the (rare) encapsulations ours does not."""
+    try:
+        return read_image(serialized)
+    except UnsupportedEncapsulation as unsupported:
+        try:
+            return RawImage.from_message(deserialize_message(serialized, Image))
+        except Exception as exc:  # whatever rclpy's decoder raises on bad bytes
+            raise SerializedImageError(f'{unsupported}: {exc}') from exc
 
 
 def _guarded(active: bool = True):
@@ -382,7 +396,8 @@ class PolicyNode(LifecycleNode):
         self._transitions_pub = keep(self.create_lifecycle_publisher(
             Transition, TRANSITIONS_TOPIC, deep)) if settings.train else None
         self._image_sub = keep(self.create_subscription(
-            Image, IMAGE_TOPIC, self._on_image, settings.image_qos, callback_group=infer))
+            Image, IMAGE_TOPIC, self._on_image, settings.image_qos, callback_group=infer,
+            raw=True))
         keep(self.create_subscription(Odometry, ODOMETRY_TOPIC, self._on_odometry, reliable,
                                       callback_group=infer))
         keep(self.create_subscription(Path, WAYPOINTS_TOPIC, self._on_waypoints, latched,
@@ -459,19 +474,21 @@ class PolicyNode(LifecycleNode):
         return self.get_clock().now().nanoseconds
 
     @_guarded()
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self, serialized: bytes) -> None:
+        """Take a camera frame from its serialized bytes (raw subscription: no copy of pixels)."""
         received = time.monotonic()
         self._image_stats.add(received)
         try:
-            gray = self._core.frame_gray(msg.data, msg.width, msg.height, msg.encoding,
-                                         msg.step)
-        except ObservationError as exc:
+            image = _decode_image(serialized)
+            gray = self._core.frame_gray(image.data, image.width, image.height, image.encoding,
+                                         image.step)
+        except (ObservationError, SerializedImageError) as exc:
             self._counts['images_refused'] += 1
             self.get_logger().warning(f'refused camera image: {exc}',
                                       throttle_duration_sec=LOG_THROTTLE_S)
             return
         self._last_image = received
-        stamp = stamp_to_ns(msg.header.stamp)
+        stamp = image.stamp_ns
         if stamp and self._last_answer is not None and stamp == self._last_answer[0]:
             # a re-published frame (a synchronous simulator missed our control): same answer
             self._counts['frames_repeated'] += 1
