@@ -54,6 +54,7 @@ def _write_policy(directory: pathlib.Path) -> pathlib.Path:
 def _measure(frames: int) -> list[float]:
     """Publish camera + odometry, return image-publish -> control-received latencies (s)."""
     from av_td3_interfaces.msg import VehicleControl
+    from av_td3_ros.nodes.allocator import keep_large_buffers
     from geometry_msgs.msg import PoseStamped
     from nav_msgs.msg import Odometry, Path
     import rclpy
@@ -61,6 +62,7 @@ def _measure(frames: int) -> list[float]:
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
+    keep_large_buffers()          # as the embedded simulator's node does
     rclpy.init()
     node = rclpy.create_node('bench_policy_vehicle')
     sent: dict[tuple[int, int], float] = {}

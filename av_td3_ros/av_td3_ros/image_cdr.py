@@ -49,7 +49,7 @@ class RawImage:
 
     @classmethod
     def from_message(cls, msg) -> RawImage:
-        """The same fields from a deserialized ``sensor_msgs/Image`` (the slow path)."""
+        """Take the same fields from a deserialized ``sensor_msgs/Image`` (the slow path)."""
         stamp = msg.header.stamp
         return cls(stamp.sec * 1_000_000_000 + stamp.nanosec, msg.header.frame_id, msg.height,
                    msg.width, msg.encoding, msg.step, np.frombuffer(msg.data, dtype=np.uint8))

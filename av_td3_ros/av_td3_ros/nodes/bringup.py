@@ -27,6 +27,7 @@ import sys
 import threading
 from typing import Any
 
+from av_td3_ros.nodes.allocator import keep_large_buffers
 import rclpy
 from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -206,6 +207,7 @@ class Bringup:
 
 def main(args: list[str] | None = None) -> None:
     """Command line entry point (``bringup CONFIGURATION ...``)."""
+    keep_large_buffers()
     parser = argparse.ArgumentParser(
         prog='bringup', description='Run the nodes of a launch configuration in one process '
         '(for ROS 2 without ros2 launch).')

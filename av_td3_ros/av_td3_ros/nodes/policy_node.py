@@ -33,6 +33,7 @@ from av_td3_ros.checkpoint import (
     CheckpointError, newest_checkpoint, resolve_checkpoint_path)
 from av_td3_ros.image_cdr import (
     RawImage, read_image, SerializedImageError, UnsupportedEncapsulation)
+from av_td3_ros.nodes.allocator import keep_large_buffers
 from av_td3_ros.observation import action_to_control, ObservationError
 from av_td3_ros.policy import Policy
 from builtin_interfaces.msg import Time
@@ -760,6 +761,7 @@ class PolicyNode(LifecycleNode):
 
 def main(args=None) -> int:
     """Run the policy node (``ros2 run av_td3_ros policy_node``)."""
+    keep_large_buffers()
     rclpy.init(args=args)
     node = None
     try:

@@ -23,6 +23,7 @@ import queue
 import threading
 
 from av_td3_interfaces.msg import StepFeedback, VehicleControl
+from av_td3_ros.nodes.allocator import keep_large_buffers
 from av_td3_ros.reward import compute_reward, load_reward_weights, RewardResult, TERM_NAMES
 from av_td3_ros.sim.render import CameraConfig
 from av_td3_ros.sim.world import Control, SCENARIO_NPCS, World
@@ -395,6 +396,7 @@ class SimNode(Node):
 
 
 def main(args=None) -> None:
+    keep_large_buffers()
     rclpy.init(args=args)
     node = None
     try:

@@ -25,6 +25,7 @@ from av_td3_ros.config import TD3Config
 from av_td3_ros.learner_loop import (
     Learner, LearnerOptions, LearnerStats, MODES, TensorBoardLog,
     WeightsUpdate)
+from av_td3_ros.nodes.allocator import keep_large_buffers
 from av_td3_ros.observation import ObservationSpec
 from rcl_interfaces.msg import (
     FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType)
@@ -365,6 +366,7 @@ class TrainerNode(Node):
 
 def main(args: list[str] | None = None) -> None:
     """Run the trainer node until shut down."""
+    keep_large_buffers()
     rclpy.init(args=args)
     node = None
     try:
