@@ -20,7 +20,7 @@ import yaml
 __all__ = ['ObservationSpec', 'ParameterInfo', 'TD3Config']
 
 CNN_VARIANTS = ('nature', 'legacy')
-PRECISIONS = ('fp32', 'bf16')
+PRECISIONS = ('auto', 'fp32', 'bf16')
 
 
 class ParameterInfo(NamedTuple):
@@ -86,8 +86,10 @@ class TD3Config:
         '0 = plain TD3 (offline training from bags uses 2.5)', 0.0, 1e3)
     device: str = _p('cpu', 'torch device of the learner (cpu, cuda, cuda:1, ...)')
     seed: int = _p(0, 'seed of network init, target noise and replay sampling', 0, 2**31 - 1)
-    precision: str = _p('fp32', 'compute precision of the update: fp32, or bf16 autocast '
-                        '(only helps on CPUs with native bf16 or on GPUs)', choices=PRECISIONS)
+    precision: str = _p('auto', 'compute precision of the CNNs in the update: bf16 autocast '
+                        '(heads, targets and losses stay fp32), fp32, or auto = bf16 on a CPU '
+                        'with native bf16 (AVX-512 BF16 / AMX), fp32 elsewhere',
+                        choices=PRECISIONS)
     num_threads: int = _p(0, 'torch intra-op threads (0 = torch default)', 0, 1024)
     checkpoint_every: int = _p(10_000, 'updates between automatic checkpoints (0 = never)',
                                0, 1_000_000_000)

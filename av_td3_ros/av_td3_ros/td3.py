@@ -15,7 +15,6 @@ Metrics are accumulated on the device and read once per ``train()`` call (no per
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
@@ -38,6 +37,23 @@ TARGETS = tuple(f'{name}_target' for name in NETWORKS)
 METRICS = ('critic_loss', 'actor_loss', 'q_mean')
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively (a CPU with AVX-512 BF16 or AMX, or a GPU)."""
+    if device.type == 'cuda':
+        return torch.cuda.is_bf16_supported()
+    if device.type == 'cpu':   # oneDNN emulates bf16 on other AVX-512 CPUs: slower than fp32
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def resolve_bf16(precision: str, device: torch.device) -> bool:
+    """Whether the CNNs run under bf16 autocast: ``bf16``, or ``auto`` on a native-bf16 CPU."""
+    if precision == 'auto':
+        # GPUs stay fp32 under auto: their speed-up has not been measured on this project.
+        return device.type == 'cpu' and native_bf16(device)
+    return precision == 'bf16'
+
+
 class TD3:
     """TD3 learner: networks, targets, optimizers, noise generators and the update."""
 
@@ -55,6 +71,7 @@ class TD3:
         # channels_last (NHWC) activations: oneDNN's fast CPU layout (NCHW weights measured
         # faster than NHWC weights here).
         self.channels_last = self.device.type == 'cpu'
+        self.bf16 = resolve_bf16(config.precision, self.device)
         for name in NETWORKS:
             net = getattr(self, name).to(self.device)
             target = copy.deepcopy(net).requires_grad_(False)
@@ -78,10 +95,18 @@ class TD3:
         # Fused Adam: one kernel over all parameters on CPU and CUDA (torch >= 2.4).
         return torch.optim.Adam(params, lr=lr, fused=True)
 
-    def _autocast(self):
-        if self.config.precision == 'bf16':
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def _features(self, cnn: nn.Module, image: torch.Tensor) -> torch.Tensor:
+        """
+        Run a CNN in the update's compute precision; its features come out fp32.
+
+        The convolutions hold almost all of the update's arithmetic, so bf16 there is where
+        native bf16 pays (measured here 1.4x fp32); the heads, the TD target and the losses
+        stay fp32 so that Q values keep their precision.
+        """
+        if not self.bf16:
+            return cnn(image)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            return cnn(image).float()
 
     # ------------------------------------------------------------------ acting
 
@@ -118,25 +143,25 @@ class TD3:
         cfg = self.config
         limit = cfg.max_action
         next_image = prepare_image(batch.next_image, self.channels_last)
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad():
             noise = torch.randn(batch.action.shape, generator=self.noise_generator,
                                 device=self.device)
             clip = cfg.noise_clip * limit
             noise = (noise * (cfg.target_noise * limit)).clamp_(-clip, clip)
-            next_action = (self.actor_target(self.actor_cnn_target(next_image),
+            next_action = (self.actor_target(self._features(self.actor_cnn_target, next_image),
                                              batch.next_vector) + noise).clamp_(-limit, limit)
             target_q1, target_q2 = self.critic_target(
-                self.critic_cnn_target(next_image), batch.next_vector, next_action)
-            target_q = batch.reward + batch.not_done * cfg.gamma * torch.min(
-                target_q1, target_q2).float()
-        with self._autocast():
-            q1, q2 = self.critic(self.critic_cnn(prepare_image(batch.image, self.channels_last)),
-                                 batch.vector, batch.action)
-        critic_loss = F.mse_loss(q1.float(), target_q) + F.mse_loss(q2.float(), target_q)
+                self._features(self.critic_cnn_target, next_image), batch.next_vector,
+                next_action)
+            target_q = batch.reward + batch.not_done * cfg.gamma * torch.min(target_q1, target_q2)
+        q1, q2 = self.critic(
+            self._features(self.critic_cnn, prepare_image(batch.image, self.channels_last)),
+            batch.vector, batch.action)
+        critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
         self._step(self.critic_optimizer, self.critic_params, critic_loss)
         with torch.no_grad():
             self._record(0, critic_loss)
-            self._record(2, q1.detach().float().mean())
+            self._record(2, q1.detach().mean())
 
     def update_actor(self, batch: Batch) -> None:
         """
@@ -147,14 +172,13 @@ class TD3:
         """
         cfg = self.config
         image = prepare_image(batch.image, self.channels_last)
-        with self._autocast():
-            with torch.no_grad():
-                critic_features = self.critic_cnn(image)
-            pi = self.actor(self.actor_cnn(image), batch.vector)
-            q = self.critic.q1(critic_features, batch.vector, pi).float()
+        with torch.no_grad():
+            critic_features = self._features(self.critic_cnn, image)
+        pi = self.actor(self._features(self.actor_cnn, image), batch.vector)
+        q = self.critic.q1(critic_features, batch.vector, pi)
         if cfg.bc_alpha > 0:  # TD3+BC (Fujimoto & Gu 2021)
             lmbda = cfg.bc_alpha / q.abs().mean().detach().clamp_min(1e-6)
-            actor_loss = -lmbda * q.mean() + F.mse_loss(pi.float(), batch.action)
+            actor_loss = -lmbda * q.mean() + F.mse_loss(pi, batch.action)
         else:
             actor_loss = -q.mean()
         self._step(self.actor_optimizer, self.actor_params, actor_loss)

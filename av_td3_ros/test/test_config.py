@@ -18,7 +18,7 @@ def test_defaults_are_design_section_6():
         0.99, 0.005, 2, 0.2, 0.5)
     assert (c.actor_lr, c.critic_lr, c.batch_size, c.hidden) == (3e-4, 3e-4, 256, (256, 256))
     assert (c.exploration_noise, c.learning_starts, c.features_dim) == (0.1, 10_000, 512)
-    assert c.cnn == 'nature' and c.precision == 'fp32' and c.device == 'cpu'
+    assert c.cnn == 'nature' and c.precision == 'auto' and c.device == 'cpu'
     assert c.obs == ObservationSpec() and c.obs.vector_dim == 53
 
 

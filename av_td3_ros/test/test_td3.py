@@ -3,7 +3,7 @@
 from av_td3_ros.config import TD3Config
 from av_td3_ros.observation import ObservationSpec
 from av_td3_ros.replay import Batch, ReplayBuffer
-from av_td3_ros.td3 import TD3
+from av_td3_ros.td3 import native_bf16, resolve_bf16, TD3
 import numpy as np
 import pytest
 import torch
@@ -167,14 +167,27 @@ def test_td3_bc_pulls_the_policy_toward_the_data_actions():
     assert end < 0.5 * start
 
 
-@pytest.mark.parametrize('precision', ['bf16'])
-def test_bf16_autocast_path_trains(precision):
+@pytest.mark.parametrize('precision', ['bf16', 'fp32'])
+def test_each_precision_trains_with_fp32_heads(precision):
     td3 = TD3(_config(precision=precision))
+    assert td3.bf16 == (precision == 'bf16')
+    batch = _batch()
+    features = td3._features(td3.critic_cnn, batch.image)
+    assert features.dtype == torch.float32        # heads and losses always see fp32
     before = _snapshot(td3.critic_cnn)
-    td3.update(_batch())
+    td3.update(batch)
     td3.update(_batch(1))
     assert _changed(before, td3.critic_cnn)
     assert all(np.isfinite(v) for v in td3.pop_metrics().values())
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it():
+    cpu = torch.device('cpu')
+    assert resolve_bf16('auto', cpu) == native_bf16(cpu)
+    assert native_bf16(cpu) == (torch.cpu._is_avx512_bf16_supported()
+                                or torch.cpu._is_amx_tile_supported())
+    assert resolve_bf16('bf16', cpu) and not resolve_bf16('fp32', cpu)
+    assert not resolve_bf16('auto', torch.device('cuda'))   # unmeasured there: fp32
 
 
 def test_load_state_dict_is_all_or_nothing():
