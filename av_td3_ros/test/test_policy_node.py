@@ -31,6 +31,7 @@ from lifecycle_msgs.srv import ChangeState, GetState
 from nav_msgs.msg import Odometry, Path
 import numpy as np
 import pytest
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import serialize_message
@@ -359,6 +360,48 @@ def test_load_service_hot_swaps_and_refusals_keep_the_weights(start, vehicle, sc
     response = load(ros, '')                           # the newest .pth of checkpoint_dir
     assert response.success and response.sha256 == sha256(checkpoints['a']), response.message
     assert close(vehicle.step(image), want_a)
+
+
+def test_frames_are_answered_during_a_slow_load_on_a_single_threaded_executor(
+        ros, vehicle, scene, checkpoints, monkeypatch):
+    """As main() spins it: one executor thread, which a checkpoint being read must not stall."""
+    messages, gray = scene
+    image = messages['rgb8']
+    node = PolicyNode(context=ros.context, parameter_overrides=overrides({
+        'checkpoint_dir': str(checkpoints['checkpoints']), 'checkpoint_path': 'a.pth'}))
+    executor = SingleThreadedExecutor(context=ros.context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    reading, release = threading.Event(), threading.Event()
+    build = PolicyNode._build_policy
+
+    def held_build(self, path, settings):            # a load that takes as long as the test
+        reading.set()
+        assert release.wait(60.0)
+        return build(self, path, settings)
+    monkeypatch.setattr(PolicyNode, '_build_policy', held_build)
+    client = ros.client.create_client(LoadCheckpoint, '/av_td3_policy/load_checkpoint')
+    try:
+        vehicle.clear()
+        want_a = expected(checkpoints['policy_a'].act, gray)
+        vehicle.drive_until(image, want_a)
+        assert client.wait_for_service(timeout_sec=10.0)
+        response = client.call_async(LoadCheckpoint.Request(path='b.safetensors'))
+        wait_for(reading.is_set, 10.0, 'the load to start')
+        for _ in range(5):
+            assert close(vehicle.control_for(vehicle.send(image), timeout=2.0), want_a)
+        assert not response.done()
+        release.set()
+        wait_for(response.done, 30.0, 'the load service to answer')
+        assert response.result().success, response.result().message
+        assert close(vehicle.step(image), expected(checkpoints['policy_b'].act, gray))
+    finally:
+        release.set()
+        ros.client.destroy_client(client)
+        executor.shutdown(timeout_sec=5.0)
+        spinner.join(timeout=10.0)
+        node.destroy_node()
 
 
 @pytest.mark.parametrize('checkpoint,says', [

@@ -5,15 +5,20 @@ A lifecycle node that configures and activates itself unless ``autostart:=false`
 lifecycle manager owns it). The actor's logic lives in ``av_td3_ros.actor`` (no ROS); this
 module is the ROS glue: parameters, QoS, callback groups, the load service, diagnostics.
 
-Threads: camera, odometry, feedback, route, stats and timers share one mutually exclusive
-callback group (the actor is single-threaded); the load service and the weights subscription
-have groups of their own, so a checkpoint is read and built while frames keep flowing, and the
-new policy is swapped in under a lock between two frames.
+Threads: ``main`` spins the node on a SingleThreadedExecutor, so a camera frame is answered on
+the thread that took it (no hand-off between threads). Camera, odometry, feedback, route, stats
+and timers share one mutually exclusive callback group (the actor is single-threaded). The slow
+work, reading and building a checkpoint for the load service or broadcast weights for the
+weights subscription, runs on a worker thread of the node: those two callbacks are coroutines
+that await it, which leaves the executor thread to the frames meanwhile. The new policy is
+staged under a lock and swapped in between two frames. The node runs as well on a
+MultiThreadedExecutor (bringup, the tests).
 """
 
 from __future__ import annotations
 
 import array
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 import functools
 import os
@@ -44,11 +49,12 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import ParameterUninitializedException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
+from rclpy.task import Future
 from sensor_msgs.msg import Image
 import torch
 
@@ -147,7 +153,7 @@ class Settings:
 
 @dataclass
 class _StagedPolicy:
-    """A policy built off the inference thread, waiting to be swapped in between frames."""
+    """A policy built off the executor thread, waiting to be swapped in between frames."""
 
     policy: Policy
     version: int
@@ -165,6 +171,25 @@ def _decode_image(serialized: bytes) -> RawImage:
             return RawImage.from_message(deserialize_message(serialized, Image))
         except Exception as exc:  # whatever rclpy's decoder raises on bad bytes
             raise SerializedImageError(f'{unsupported}: {exc}') from exc
+
+
+def _review_and_build(msg: PolicyWeights, current: tuple[int, str] | None,
+                      device: str) -> tuple[str, Policy | None]:
+    """Review broadcast weights (hashing megabytes): (why, their policy or None if refused)."""
+    accept, why = review_weights(msg.format, msg.data, msg.sha256, msg.version, current)
+    if not accept:
+        return why, None
+    return why, Policy.from_export_bytes(msg.data.tobytes(), device=device)
+
+
+def _settle(future: Future, job) -> None:
+    """Hand the outcome of a worker job to the rclpy future that a callback awaits."""
+    if job.cancelled():
+        future.set_exception(RuntimeError('the node is shutting down'))
+    elif job.exception() is not None:
+        future.set_exception(job.exception())
+    else:
+        future.set_result(job.result())
 
 
 def _guarded(active: bool = True):
@@ -211,6 +236,8 @@ class PolicyNode(LifecycleNode):
             self.declare_parameter(name, default, _descriptor(name))
         self._lock = threading.Lock()          # guards _staged and _current_weights
         self._busy = threading.RLock()         # held by inference callbacks and teardown
+        # loads and weights are read and built here (its thread starts with the first job)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='policy_loader')
         self._staged: _StagedPolicy | None = None
         self._settings: Settings | None = None
         self._core: ActorCore | None = None
@@ -385,6 +412,10 @@ class PolicyNode(LifecycleNode):
         def keep(entity):
             self._entities.append(entity)
             return entity
+        # The actor's callbacks share `infer`. The load service and the weights subscription
+        # have groups of their own: they await the worker, and a coroutine keeps its group until
+        # it returns, so in `infer` they would hold the frames back (in their own, loads, like
+        # weights, are taken one at a time).
         infer = MutuallyExclusiveCallbackGroup()
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         deep = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
@@ -444,12 +475,14 @@ class PolicyNode(LifecycleNode):
                 self._active = False
                 self._stop_vehicle()
             self._destroy_entities()
+        self._worker.shutdown(wait=False, cancel_futures=True)
         return TransitionCallbackReturn.SUCCESS
 
     def destroy_node(self) -> None:
         """Stop the callbacks first, so that none publishes on a destroyed publisher."""
         with self._busy:
             self._active = False
+        self._worker.shutdown(wait=False, cancel_futures=True)
         super().destroy_node()
 
     def _stop_vehicle(self) -> None:
@@ -557,24 +590,24 @@ class PolicyNode(LifecycleNode):
             self._hold_ended = time.monotonic()   # the simulator only steps from now on
             self._control_pub.publish(control)
 
-    def _on_weights(self, msg: PolicyWeights) -> None:
-        """Build the broadcast policy here, off the inference thread; swap it in later."""
-        if self._settings is None:
+    async def _on_weights(self, msg: PolicyWeights) -> None:
+        """Review and build the broadcast policy on the worker thread; swap it in later."""
+        settings = self._settings
+        if settings is None:
             return
         with self._lock:
             current = self._current_weights
-        accept, why = review_weights(msg.format, msg.data, msg.sha256, msg.version, current)
-        if not accept:
+        try:
+            why, policy = await self._in_worker(_review_and_build, msg, current, settings.device)
+        except Exception as exc:  # bad bytes must not take the node down
+            self._counts['weights_refused'] += 1
+            self.get_logger().error(f'refused policy weights version {msg.version}: {exc}')
+            return
+        if policy is None:
             if 'already in use' not in why:
                 self._counts['weights_refused'] += 1
                 self.get_logger().warning(f'refused policy weights: {why}',
                                           throttle_duration_sec=LOG_THROTTLE_S)
-            return
-        try:
-            policy = Policy.from_export_bytes(msg.data.tobytes(), device=self._settings.device)
-        except Exception as exc:  # bad bytes must not take the node down
-            self._counts['weights_refused'] += 1
-            self.get_logger().error(f'refused policy weights version {msg.version}: {exc}')
             return
         with self._lock:
             self._current_weights = (msg.version, msg.sha256.lower())
@@ -674,10 +707,39 @@ class PolicyNode(LifecycleNode):
             self._control_pub.publish(self._build_control(self._now_ns(), BRAKE_ACTION))
             self._note_brake(reason)
 
+    # -- worker thread ------------------------------------------------------------------------
+
+    async def _in_worker(self, function, *args):
+        """
+        Run ``function(*args)`` on the worker thread; return its result or raise its exception.
+
+        The awaiting callback leaves the executor thread free meanwhile. The done callback of
+        the future is what wakes the executor when the job ends: rclpy resumes an awaiting
+        coroutine only when its wait set wakes, which a future set from another thread does not
+        do by itself.
+        """
+        done = Future(executor=self.executor)
+        done.add_done_callback(lambda _: None)
+        self._worker.submit(function, *args).add_done_callback(functools.partial(_settle, done))
+        return await done
+
     # -- service ------------------------------------------------------------------------------
 
-    def _on_load_checkpoint(self, request: LoadCheckpoint.Request,
-                            response: LoadCheckpoint.Response) -> LoadCheckpoint.Response:
+    def _read_checkpoint(self, requested: str, settings: Settings) -> _StagedPolicy:
+        """Resolve a requested path (empty: the newest checkpoint) and build its policy."""
+        if requested:
+            path = resolve_checkpoint_path(requested, settings.checkpoint_dir,
+                                           settings.allowed_dirs)
+        else:
+            newest = newest_checkpoint(settings.checkpoint_dir)
+            if newest is None:
+                raise CheckpointError(f'no checkpoint in {settings.checkpoint_dir}')
+            path = resolve_checkpoint_path(str(newest), settings.checkpoint_dir,
+                                           settings.allowed_dirs)
+        return self._build_policy(path, settings)
+
+    async def _on_load_checkpoint(self, request: LoadCheckpoint.Request,
+                                  response: LoadCheckpoint.Response) -> LoadCheckpoint.Response:
         """Load a checkpoint or policy export; any failure leaves the running policy as it is."""
         settings = self._settings
         response.success = False
@@ -685,16 +747,7 @@ class PolicyNode(LifecycleNode):
             response.message = 'the node is not configured'
             return response
         try:
-            if request.path:
-                path = resolve_checkpoint_path(request.path, settings.checkpoint_dir,
-                                               settings.allowed_dirs)
-            else:
-                newest = newest_checkpoint(settings.checkpoint_dir)
-                if newest is None:
-                    raise CheckpointError(f'no checkpoint in {settings.checkpoint_dir}')
-                path = resolve_checkpoint_path(str(newest), settings.checkpoint_dir,
-                                               settings.allowed_dirs)
-            staged = self._build_policy(path, settings)
+            staged = await self._in_worker(self._read_checkpoint, request.path, settings)
         except CheckpointError as exc:
             response.message = f'refused: {exc}'
         except Exception as exc:  # report in words, keep the old weights
@@ -705,8 +758,8 @@ class PolicyNode(LifecycleNode):
             response.success = True
             response.total_it = staged.total_it
             response.sha256 = staged.sha256
-            response.message = (f'loaded {path} (total_it {staged.total_it}); in use from the '
-                                'next camera frame')
+            response.message = (f'loaded {staged.source} (total_it {staged.total_it}); in use '
+                                'from the next camera frame')
         # (rclpy ties a severity to each logging call site)
         if response.success:
             self.get_logger().info(f'~/load_checkpoint: {response.message}')
@@ -769,7 +822,7 @@ def main(args=None) -> int:
         if node.autostart_failed:
             node.get_logger().fatal('autostart failed (see above); exiting')
             return 1
-        executor = MultiThreadedExecutor(num_threads=4)
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
