@@ -282,7 +282,9 @@ def test_realtime_mode_steps_on_a_timer(graph):
     start, t0 = probe.count('image'), time.monotonic()
     time.sleep(1.0)
     rate = (probe.count('image') - start) / (time.monotonic() - t0)
-    assert 8.0 < rate < 22.0, rate
+    # 20 Hz timer; in-process on 2 loaded cores the step itself has run as slow as ~4.5 Hz,
+    # so the lower bound only says it steps on its own (no control is sent)
+    assert 3.0 < rate < 22.0, rate
     # consecutive steps (the probe may match after the first timer frame went out)
     steps = [f.step for f in probe.get('feedback')]
     assert steps and steps == list(range(steps[0], steps[0] + len(steps)))
