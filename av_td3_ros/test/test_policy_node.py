@@ -328,7 +328,10 @@ def test_load_service_hot_swaps_and_refusals_keep_the_weights(start, vehicle, sc
                                                               checkpoints):
     messages, gray = scene
     image = messages['rgb8']
-    start(checkpoint_path='a.pth', allowed_checkpoint_dirs=[str(checkpoints['extra'])])
+    # No frames flow while a service call runs; on a loaded machine that gap has outlasted the
+    # 0.5 s watchdog (its own tests are below), and its brake is not what this test is about.
+    start(checkpoint_path='a.pth', allowed_checkpoint_dirs=[str(checkpoints['extra'])],
+          input_timeout=10.0)
     want_a = expected(checkpoints['policy_a'].act, gray)
     want_b = expected(checkpoints['policy_b'].act, gray)
     assert not all(abs(x - y) < 1e-3 for x, y in zip(want_a, want_b, strict=True))
