@@ -15,6 +15,7 @@ from av_td3_interfaces.msg import Transition
 from av_td3_ros.observation import FrameStack, ObservationSpec
 import numpy as np
 import rclpy
+from rclpy._rclpy_pybind11 import InvalidHandle
 from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
@@ -35,11 +36,17 @@ class RosHarness:
         self._thread.start()
 
     def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # the context went down under the executor at teardown
-            if self.context.ok():
-                raise
+        while self.context.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.1)
+            except InvalidHandle:
+                # rclpy race: a node removed by a test destroyed an entity (an event handler)
+                # while this thread was building the wait set; the next spin no longer sees it.
+                # Without this, one such race ended the thread and every later test timed out.
+                continue
+            except Exception:  # the context went down under the executor at teardown
+                if self.context.ok():
+                    raise
 
     def add(self, node: Node) -> Node:
         self._nodes.append(node)
