@@ -12,12 +12,12 @@ import time
 from typing import Any
 
 from av_td3_interfaces.msg import Transition
+from av_td3_ros.nodes.executor import PooledExecutor
 from av_td3_ros.observation import FrameStack, ObservationSpec
 import numpy as np
 import rclpy
 from rclpy._rclpy_pybind11 import InvalidHandle
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
@@ -29,7 +29,7 @@ class RosHarness:
         self.context = Context()
         rclpy.init(context=self.context)
         self.client = Node('test_client', context=self.context)
-        self.executor = MultiThreadedExecutor(num_threads=6, context=self.context)
+        self.executor = PooledExecutor(num_threads=6, context=self.context)
         self.executor.add_node(self.client)
         self._nodes: list[Node] = [self.client]
         self._thread = threading.Thread(target=self._spin, daemon=True)

@@ -398,7 +398,9 @@ def test_play_drives_the_policy_node_as_the_simulator_did(offline, sim_drive, ha
     harness.client.create_subscription(VehicleControl, TOPICS.control, keep, 1000)
     harness.add(PolicyNode(context=harness.context, parameter_overrides=overrides({
         'checkpoint_path': str(offline['trained']), 'checkpoint_dir': str(Path(
-            offline['trained']).parent), 'image_qos_depth': 100, 'num_threads': 1})))
+            offline['trained']).parent), 'image_qos_depth': 100, 'num_threads': 1,
+        # not a watchdog test: the recorded pace stretched by --rate 0.5 has gaps over 0.5 s
+        'input_timeout': 10.0})))
     # Half the recorded pace leaves headroom on a loaded 2-core machine; the timing is still
     # the bag's, stretched.
     result = bag_tool('play', sim_drive, '--rate', '0.5', '--duration', PLAY_SECONDS,

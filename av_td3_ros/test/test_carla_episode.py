@@ -656,7 +656,7 @@ def _wait(predicate, timeout=10.0):
 @pytest.mark.ros
 def test_node_publishes_route_feedback_and_resets_over_dds(carla_msgs, tmp_path):
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from av_td3_ros.nodes.executor import PooledExecutor
     from std_srvs.srv import Trigger
     node_module = _node_module()
     _, ego, client = _make_world()
@@ -668,7 +668,7 @@ def test_node_publishes_route_feedback_and_resets_over_dds(carla_msgs, tmp_path)
                       .replace('seed: 0', 'seed: 7'))
     context = rclpy.Context()
     rclpy.init(context=context)
-    executor = MultiThreadedExecutor(num_threads=3, context=context)
+    executor = PooledExecutor(num_threads=3, context=context)
     node = node_module.CarlaEpisodeNode(
         api, carla_msgs, context=context,
         cli_args=['--ros-args', '--params-file', str(params)])
@@ -740,7 +740,7 @@ def test_node_publishes_route_feedback_and_resets_over_dds(carla_msgs, tmp_path)
 def test_node_waits_for_the_server_and_the_ego_vehicle(carla_msgs):
     """No server, then a world without the ego: reset refused, node retries, then starts."""
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from av_td3_ros.nodes.executor import PooledExecutor
     from rclpy.parameter import Parameter
     from std_srvs.srv import Trigger
     world, ego, _ = _make_world()
@@ -750,7 +750,7 @@ def test_node_waits_for_the_server_and_the_ego_vehicle(carla_msgs):
     api.Client = lambda host, port, worker_threads=0: client
     context = rclpy.Context()
     rclpy.init(context=context)
-    executor = MultiThreadedExecutor(num_threads=3, context=context)
+    executor = PooledExecutor(num_threads=3, context=context)
     node = _node_module().CarlaEpisodeNode(
         api, carla_msgs, context=context,
         parameter_overrides=[Parameter('connect_retry_s', value=0.1)])

@@ -7,13 +7,13 @@ import threading
 import time
 
 from av_td3_interfaces.msg import StepFeedback, VehicleControl
+from av_td3_ros.nodes.executor import PooledExecutor
 from av_td3_ros.nodes.sim_node import PARAMETERS, SimNode
 from av_td3_ros.reward import TERM_NAMES
 from av_td3_ros.tools.baseline import BaselineNode
 from nav_msgs.msg import Odometry, Path
 import pytest
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -97,7 +97,7 @@ class Graph:
     """A sim node and probes spun by one executor on a background thread."""
 
     def __init__(self, *nodes):
-        self.executor = MultiThreadedExecutor(num_threads=3)
+        self.executor = PooledExecutor(num_threads=3)
         self.nodes = list(nodes)
         for n in nodes:
             self.executor.add_node(n)

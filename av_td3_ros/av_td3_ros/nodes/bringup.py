@@ -10,8 +10,9 @@ Each configuration names the same executables, node names, YAML files and fixed 
 its launch file (``launch/<name>.launch.py``; a test keeps the two in step). Parameters are applied
 as ``ros2 launch`` would, lowest precedence first: the package's ``config/<node>.yaml`` (to that
 node only), every ``--params-file`` in order (to every node; their sections select nodes), the
-configuration's fixed values, then ``--set``. All nodes share one MultiThreadedExecutor; nodes
-keep their own callback groups and threads.
+configuration's fixed values, then ``--set``. All nodes share one ``PooledExecutor`` (rclpy's
+MultiThreadedExecutor without its re-dispatch storm); nodes keep their own callback groups and
+threads.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ import threading
 from typing import Any
 
 from av_td3_ros.nodes.allocator import keep_large_buffers
+from av_td3_ros.nodes.executor import PooledExecutor
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 import yaml
@@ -149,8 +151,8 @@ class Bringup:
             with contextlib.suppress(Exception):
                 self.shutdown()
             raise
-        self.executor = MultiThreadedExecutor(num_threads=max(4, 2 * len(self.nodes)),
-                                              context=self.context)
+        self.executor = PooledExecutor(num_threads=max(4, 2 * len(self.nodes)),
+                                       context=self.context)
         for node in self.nodes.values():
             self.executor.add_node(node)
 

@@ -30,6 +30,7 @@ from av_td3_interfaces.msg import StepFeedback
 from av_td3_ros.carla_episode import (
     CarlaEpisode, CarlaEpisodeConfig, CarlaSetupError, CollisionRecord, EpisodePlan, FrameSync,
     LaneInvasionRecord, OdometrySample, RoutePlanningError, StepOutcome)
+from av_td3_ros.nodes.executor import PooledExecutor
 from av_td3_ros.observation import yaw_from_quaternion
 from av_td3_ros.reward import load_reward_weights, TERM_NAMES
 from geometry_msgs.msg import PoseStamped
@@ -38,7 +39,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo
@@ -411,7 +412,7 @@ def main(args: list[str] | None = None) -> int:
     node = None
     try:
         node = CarlaEpisodeNode(carla, carla_msgs)
-        executor = MultiThreadedExecutor(num_threads=2)
+        executor = PooledExecutor(num_threads=2)
         executor.add_node(node)
         executor.spin()
     except (ValueError, ParameterException) as exc:

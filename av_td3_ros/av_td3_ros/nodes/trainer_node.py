@@ -26,13 +26,14 @@ from av_td3_ros.learner_loop import (
     Learner, LearnerOptions, LearnerStats, MODES, TensorBoardLog,
     WeightsUpdate)
 from av_td3_ros.nodes.allocator import keep_large_buffers
+from av_td3_ros.nodes.executor import PooledExecutor
 from av_td3_ros.observation import ObservationSpec
 from rcl_interfaces.msg import (
     FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType)
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -371,7 +372,7 @@ def main(args: list[str] | None = None) -> None:
     node = None
     try:
         node = TrainerNode()
-        executor = MultiThreadedExecutor(num_threads=max(4, (os.cpu_count() or 2)))
+        executor = PooledExecutor(num_threads=max(4, (os.cpu_count() or 2)))
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
