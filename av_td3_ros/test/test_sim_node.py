@@ -260,7 +260,10 @@ def test_episode_end_next_episode_and_reset_service(graph):
     assert [f.step for f in fb[:8]] == [0, 1, 2, 3, 4, 5, 0, 1]
     assert fb[5].truncated and not fb[5].terminated and fb[5].reason == 'time_limit'
     assert fb[6].episode_id == fb[5].episode_id + 1 and fb[6].reward == 0.0
-    assert len(probe.get('path')) == 2, 'waypoints re-published for the new episode'
+    # the loop may have run into a third episode before the probe stopped answering
+    episodes = {f.episode_id for f in fb}
+    assert len(episodes) >= 2
+    assert len(probe.get('path')) == len(episodes), 'waypoints re-published per new episode'
     # transient local: a subscriber that joins now still gets the current route
     graph(late)
     assert _wait(lambda: late.count('path') == 1)
