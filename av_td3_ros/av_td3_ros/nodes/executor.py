@@ -5,10 +5,10 @@ rclpy's executor yields every task that is not yet executing, and the MultiThrea
 submits what it is given to its thread pool. A task still waiting in the pool's queue is therefore
 yielded and submitted again on every turn of the spin loop, without waiting: the spin thread holds
 the GIL re-queueing no-op copies, and real callbacks wait behind them (ros2/rclpy#1452, fixed
-upstream by ros2/rclpy#1547, not in the Kilted wheels this workspace uses). Measured here (rclpy
-9.1.2, 2 cores): two nodes bouncing a message in one process made 1.2 round trips/s on 2 pool
-threads and 15 on 6, against 2 700 with this executor; the synchronous simulator with a trivial
-controller made 3 steps/s against 730.
+upstream by ros2/rclpy#1547, not in the Kilted 9.1.2 wheels this workspace uses). Measured here
+on 2 cores, ``sim_node`` in synchronous mode and a trivial controller in one process
+(``bench/bench_sim.py``, ``ros_inprocess_*``): about 3 steps/s on the stock executor, over 700
+with this one.
 
 The fix is to submit a task once: while it is queued, the spin loop waits for a pool thread to
 start something instead of queueing it again. Everything else (callback groups, futures,

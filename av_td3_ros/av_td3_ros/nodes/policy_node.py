@@ -12,7 +12,7 @@ work, reading and building a checkpoint for the load service or broadcast weight
 weights subscription, runs on a worker thread of the node: those two callbacks are coroutines
 that await it, which leaves the executor thread to the frames meanwhile. The new policy is
 staged under a lock and swapped in between two frames. The node runs as well on a
-MultiThreadedExecutor (bringup, the tests).
+multi-threaded executor (bringup's PooledExecutor, the tests).
 """
 
 from __future__ import annotations
