@@ -279,6 +279,7 @@ def train(deadline: float, results: Path, params_files: list[Path],
         demos = 0
         sim = bringup.nodes['av_td3_sim']
         track_seed = int(sim.get_parameter('seed').value)
+        bc_alpha = float(bringup.nodes['av_td3_trainer'].get_parameter('bc_alpha').value)
         camera = {'width': int(sim.get_parameter('camera_width').value),
                   'height': int(sim.get_parameter('camera_height').value),
                   'fov_deg': float(sim.get_parameter('camera_fov').value)}
@@ -311,7 +312,7 @@ def train(deadline: float, results: Path, params_files: list[Path],
         'checkpoint_path': response.path, 'checkpoint_sha256': response.sha256,
         'train_updates': int(response.total_it), 'train_env_steps': env_steps,
         'demonstration_transitions': demos, 'demonstration_noise': demonstration_noise,
-        'track_seed': track_seed, 'camera': camera,
+        'bc_alpha': bc_alpha, 'track_seed': track_seed, 'camera': camera,
         'train_episodes': len(episodes), 'train_s': train_s,
         'env_steps_per_s': env_steps / train_s if train_s > 0 else 0.0,
         'updates_per_s': int(response.total_it) / train_s if train_s > 0 else 0.0,
@@ -472,7 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     eval_s = time.monotonic() - eval_start
     curve = outcome.pop('curve')
     demos = outcome['demonstration_transitions']
-    method = f'TD3+BC with {demos} demonstration steps' if demos else 'TD3'
+    method = (f'TD3+BC (alpha {outcome["bc_alpha"]:g})' if outcome['bc_alpha'] > 0 else 'TD3')
+    if demos:
+        method += f' with {demos} demonstration steps'
     plot_curve(curve, results / 'training_curve.png', trained, random,
                f'make demo: {method}, {outcome["train_updates"]} updates (policy node episodes)')
     report = {
