@@ -407,6 +407,61 @@ def test_frames_are_answered_during_a_slow_load_on_a_single_threaded_executor(
         node.destroy_node()
 
 
+def test_a_load_outlived_by_a_reconfiguration_is_refused_and_the_node_keeps_running(
+        ros, vehicle, scene, checkpoints, monkeypatch):
+    """
+    A lifecycle manager cleans the node up and configures it again while a load is being read.
+
+    The load answers that it was refused (its service survives the cleanup), the policy of the
+    new configuration stays in use, and the node, spun by a SingleThreadedExecutor as main()
+    does, keeps answering frames.
+    """
+    messages, gray = scene
+    image = messages['rgb8']
+    node = PolicyNode(context=ros.context, parameter_overrides=overrides({
+        'checkpoint_dir': str(checkpoints['checkpoints']), 'checkpoint_path': 'a.pth'}))
+    executor = SingleThreadedExecutor(context=ros.context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    reading, release = threading.Event(), threading.Event()
+    build = PolicyNode._build_policy
+
+    def held_build(self, path, settings):
+        if str(path).endswith('b.safetensors'):      # only the load under test is held
+            reading.set()
+            assert release.wait(60.0)
+        return build(self, path, settings)
+    monkeypatch.setattr(PolicyNode, '_build_policy', held_build)
+    client = ros.client.create_client(LoadCheckpoint, '/av_td3_policy/load_checkpoint')
+    want_a = expected(checkpoints['policy_a'].act, gray)
+    try:
+        vehicle.drive_until(image, want_a)
+        assert client.wait_for_service(timeout_sec=10.0)
+        response = client.call_async(LoadCheckpoint.Request(path='b.safetensors'))
+        wait_for(lambda: reading.is_set() or response.done(), 10.0, 'the load to start')
+        assert not response.done(), response.result().message
+        for transition in (LifecycleTransition.TRANSITION_DEACTIVATE,
+                           LifecycleTransition.TRANSITION_CLEANUP,
+                           LifecycleTransition.TRANSITION_CONFIGURE,
+                           LifecycleTransition.TRANSITION_ACTIVATE):
+            request = ChangeState.Request()
+            request.transition.id = transition
+            assert ros.call(ChangeState, '/av_td3_policy/change_state', request).success
+        release.set()
+        wait_for(response.done, 30.0, 'the load service to answer')
+        assert not response.result().success
+        assert 'reconfigured' in response.result().message
+        vehicle.drive_until(image, want_a)
+        assert spinner.is_alive()
+    finally:
+        release.set()
+        ros.client.destroy_client(client)
+        executor.shutdown(timeout_sec=5.0)
+        spinner.join(timeout=10.0)
+        node.destroy_node()
+
+
 @pytest.mark.parametrize('checkpoint,says', [
     ('', 'no checkpoint loaded'), ('bad/corrupt.pth', 'failed to load')])
 def test_deploy_without_a_checkpoint_holds_the_brake_and_says_why(start, vehicle, scene,

@@ -243,6 +243,11 @@ class PolicyNode(LifecycleNode):
         self._core: ActorCore | None = None
         self._entities: list = []
         self._active = False
+        # In every lifecycle state (unconfigured: it says so). A service destroyed by a cleanup
+        # while a load awaited the worker could not send its answer, and the executor would
+        # raise that failure out of spin().
+        self.create_service(LoadCheckpoint, '~/load_checkpoint', self._on_load_checkpoint,
+                            callback_group=MutuallyExclusiveCallbackGroup())
         self.autostart_failed = False
         if self.get_parameter('autostart').value:
             ok = self.trigger_configure() == TransitionCallbackReturn.SUCCESS
@@ -406,7 +411,7 @@ class PolicyNode(LifecycleNode):
                              policy.sha256)
 
     def _create_entities(self, settings: Settings, control_type) -> None:
-        """Create publishers, subscriptions, service and timers (kept for the cleanup)."""
+        """Create publishers, subscriptions and timers (kept for the cleanup)."""
         self._entities = []
 
         def keep(entity):
@@ -445,8 +450,6 @@ class PolicyNode(LifecycleNode):
                 TrainerStats, settings.trainer_stats_topic, self._on_trainer_stats,
                 QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT),
                 callback_group=infer))
-        keep(self.create_service(LoadCheckpoint, '~/load_checkpoint', self._on_load_checkpoint,
-                                 callback_group=MutuallyExclusiveCallbackGroup()))
         keep(self.create_timer(WATCHDOG_PERIOD_S, self._on_watchdog, callback_group=infer))
         keep(self.create_timer(settings.diagnostics_period, self._publish_diagnostics,
                                callback_group=infer))
@@ -501,6 +504,9 @@ class PolicyNode(LifecycleNode):
             destroy(entity)
         self._entities = []
         self._core = None
+        with self._lock:      # a load finishing after this cleanup must not stage its policy
+            self._settings = None
+            self._staged = None
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -610,6 +616,8 @@ class PolicyNode(LifecycleNode):
                                           throttle_duration_sec=LOG_THROTTLE_S)
             return
         with self._lock:
+            if self._settings is not settings:
+                return              # cleaned up or reconfigured meanwhile: weights of the past
             self._current_weights = (msg.version, msg.sha256.lower())
             self._staged = _StagedPolicy(policy, int(msg.version), f'{WEIGHTS_TOPIC} ({why})',
                                          int(msg.total_it), msg.sha256.lower())
@@ -754,8 +762,13 @@ class PolicyNode(LifecycleNode):
             response.message = f'refused: {request.path!r} could not be loaded: {exc}'
         else:
             with self._lock:
-                self._staged = staged
-            response.success = True
+                response.success = self._settings is settings
+                if response.success:
+                    self._staged = staged
+            if not response.success:
+                response.message = (f'refused: the node was cleaned up or reconfigured while '
+                                    f'{request.path!r} was read; nothing changed')
+        if response.success:
             response.total_it = staged.total_it
             response.sha256 = staged.sha256
             response.message = (f'loaded {staged.source} (total_it {staged.total_it}); in use '
