@@ -16,9 +16,9 @@ cd av_td3_ros
 # learner thread, and state left in the interpreter by the ~270 tests before it (threads, DDS
 # participants) has made it miss its deadline. Then the rest of the suite.
 status=0
-# Timing over real DDS on 2 shared cores flakes (a different test each full run on this
-# project's machine, each passing alone): a failed test is retried up to twice and reported
-# as rerun; one that fails three times fails the run.
+# A failed test is retried up to twice and reported as rerun; one that fails three times fails
+# the run. Before nodes/executor.py (rclpy's MultiThreadedExecutor starved in-process graphs),
+# DDS timing failed a different test in each full run here; since, full runs needed no retry.
 RERUNS=(--reruns 2 --reruns-delay 1)
 python -m pytest "${RERUNS[@]}" test/test_e2e.py "$@" || status=$?
 python -m pytest "${RERUNS[@]}" test --ignore=test/test_e2e.py "$@" || status=$?
