@@ -11,6 +11,7 @@ import math
 import shutil
 import threading
 import time
+import types
 
 from av_td3_interfaces.msg import (
     PolicyWeights, StepFeedback, TrainerStats, Transition, VehicleControl)
@@ -365,59 +366,14 @@ def test_load_service_hot_swaps_and_refusals_keep_the_weights(start, vehicle, sc
     assert close(vehicle.step(image), want_a)
 
 
-def test_frames_are_answered_during_a_slow_load_on_a_single_threaded_executor(
-        ros, vehicle, scene, checkpoints, monkeypatch):
-    """As main() spins it: one executor thread, which a checkpoint being read must not stall."""
-    messages, gray = scene
-    image = messages['rgb8']
-    node = PolicyNode(context=ros.context, parameter_overrides=overrides({
-        'checkpoint_dir': str(checkpoints['checkpoints']), 'checkpoint_path': 'a.pth'}))
-    executor = SingleThreadedExecutor(context=ros.context)
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    reading, release = threading.Event(), threading.Event()
-    build = PolicyNode._build_policy
-
-    def held_build(self, path, settings):            # a load that takes as long as the test
-        reading.set()
-        assert release.wait(60.0)
-        return build(self, path, settings)
-    monkeypatch.setattr(PolicyNode, '_build_policy', held_build)
-    client = ros.client.create_client(LoadCheckpoint, '/av_td3_policy/load_checkpoint')
-    try:
-        vehicle.clear()
-        want_a = expected(checkpoints['policy_a'].act, gray)
-        vehicle.drive_until(image, want_a)
-        assert client.wait_for_service(timeout_sec=10.0)
-        response = client.call_async(LoadCheckpoint.Request(path='b.safetensors'))
-        wait_for(reading.is_set, 10.0, 'the load to start')
-        for _ in range(5):
-            assert close(vehicle.control_for(vehicle.send(image), timeout=2.0), want_a)
-        assert not response.done()
-        release.set()
-        wait_for(response.done, 30.0, 'the load service to answer')
-        assert response.result().success, response.result().message
-        assert close(vehicle.step(image), expected(checkpoints['policy_b'].act, gray))
-    finally:
-        release.set()
-        ros.client.destroy_client(client)
-        executor.shutdown(timeout_sec=5.0)
-        spinner.join(timeout=10.0)
-        node.destroy_node()
-
-
-def test_a_load_outlived_by_a_reconfiguration_is_refused_and_the_node_keeps_running(
-        ros, vehicle, scene, checkpoints, monkeypatch):
+@pytest.fixture
+def alone(ros, vehicle, checkpoints, monkeypatch):
     """
-    A lifecycle manager cleans the node up and configures it again while a load is being read.
+    Spin the node as main() does (one SingleThreadedExecutor thread), with a held load.
 
-    The load answers that it was refused (its service survives the cleanup), the policy of the
-    new configuration stays in use, and the node, spun by a SingleThreadedExecutor as main()
-    does, keeps answering frames.
+    Reading ``b.safetensors`` waits for ``release``; ``reading`` says it started. Yields a
+    namespace with the spinner thread, the two events and a load client.
     """
-    messages, gray = scene
-    image = messages['rgb8']
     node = PolicyNode(context=ros.context, parameter_overrides=overrides({
         'checkpoint_dir': str(checkpoints['checkpoints']), 'checkpoint_path': 'a.pth'}))
     executor = SingleThreadedExecutor(context=ros.context)
@@ -434,32 +390,70 @@ def test_a_load_outlived_by_a_reconfiguration_is_refused_and_the_node_keeps_runn
         return build(self, path, settings)
     monkeypatch.setattr(PolicyNode, '_build_policy', held_build)
     client = ros.client.create_client(LoadCheckpoint, '/av_td3_policy/load_checkpoint')
-    want_a = expected(checkpoints['policy_a'].act, gray)
+    vehicle.clear()
     try:
-        vehicle.drive_until(image, want_a)
-        assert client.wait_for_service(timeout_sec=10.0)
-        response = client.call_async(LoadCheckpoint.Request(path='b.safetensors'))
-        wait_for(lambda: reading.is_set() or response.done(), 10.0, 'the load to start')
-        assert not response.done(), response.result().message
-        for transition in (LifecycleTransition.TRANSITION_DEACTIVATE,
-                           LifecycleTransition.TRANSITION_CLEANUP,
-                           LifecycleTransition.TRANSITION_CONFIGURE,
-                           LifecycleTransition.TRANSITION_ACTIVATE):
-            request = ChangeState.Request()
-            request.transition.id = transition
-            assert ros.call(ChangeState, '/av_td3_policy/change_state', request).success
-        release.set()
-        wait_for(response.done, 30.0, 'the load service to answer')
-        assert not response.result().success
-        assert 'reconfigured' in response.result().message
-        vehicle.drive_until(image, want_a)
-        assert spinner.is_alive()
+        yield types.SimpleNamespace(spinner=spinner, reading=reading, release=release,
+                                    client=client)
     finally:
         release.set()
         ros.client.destroy_client(client)
         executor.shutdown(timeout_sec=5.0)
         spinner.join(timeout=10.0)
         node.destroy_node()
+
+
+def _start_held_load(alone):
+    """Ask for ``b.safetensors`` and return the pending response once its reading started."""
+    assert alone.client.wait_for_service(timeout_sec=10.0)
+    response = alone.client.call_async(LoadCheckpoint.Request(path='b.safetensors'))
+    wait_for(lambda: alone.reading.is_set() or response.done(), 10.0, 'the load to start')
+    assert not response.done(), response.result().message
+    return response
+
+
+def test_frames_are_answered_during_a_slow_load_on_a_single_threaded_executor(
+        alone, vehicle, scene, checkpoints):
+    """As main() spins it: one executor thread, which a checkpoint being read must not stall."""
+    messages, gray = scene
+    image = messages['rgb8']
+    want_a = expected(checkpoints['policy_a'].act, gray)
+    vehicle.drive_until(image, want_a)
+    response = _start_held_load(alone)
+    for _ in range(5):
+        assert close(vehicle.control_for(vehicle.send(image), timeout=2.0), want_a)
+    assert not response.done()
+    alone.release.set()
+    wait_for(response.done, 30.0, 'the load service to answer')
+    assert response.result().success, response.result().message
+    assert close(vehicle.step(image), expected(checkpoints['policy_b'].act, gray))
+
+
+def test_a_load_outlived_by_a_reconfiguration_is_refused_and_the_node_keeps_running(
+        alone, ros, vehicle, scene, checkpoints):
+    """
+    A lifecycle manager cleans the node up and configures it again while a load is being read.
+
+    The load answers that it was refused (its service survives the cleanup), the policy of the
+    new configuration stays in use, and the node keeps answering frames.
+    """
+    messages, gray = scene
+    image = messages['rgb8']
+    want_a = expected(checkpoints['policy_a'].act, gray)
+    vehicle.drive_until(image, want_a)
+    response = _start_held_load(alone)
+    for transition in (LifecycleTransition.TRANSITION_DEACTIVATE,
+                       LifecycleTransition.TRANSITION_CLEANUP,
+                       LifecycleTransition.TRANSITION_CONFIGURE,
+                       LifecycleTransition.TRANSITION_ACTIVATE):
+        request = ChangeState.Request()
+        request.transition.id = transition
+        assert ros.call(ChangeState, '/av_td3_policy/change_state', request).success
+    alone.release.set()
+    wait_for(response.done, 30.0, 'the load service to answer')
+    assert not response.result().success
+    assert 'reconfigured' in response.result().message
+    vehicle.drive_until(image, want_a)
+    assert alone.spinner.is_alive()
 
 
 @pytest.mark.parametrize('checkpoint,says', [
