@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 import hashlib
 import math
 from pathlib import Path
@@ -93,6 +93,25 @@ class LearnerStats:
     q_mean: float
     samples_per_insert: float
     insert_allowance: int
+    actors: dict[str, ActorTally] = field(default_factory=dict)   # by actor_id, a copy
+
+
+@dataclass
+class ActorTally:
+    """What one actor (a transition stream) delivered: for fleets and lossy links."""
+
+    transitions: int = 0
+    # (episode, step) not after the stream's previous one: a repeat, a reordering or a restart
+    out_of_order: int = 0
+    policy_version: int = 0     # of its newest transition
+    last: tuple[int, int] = (-1, -1)
+
+    def count(self, episode_id: int, step: int, policy_version: int) -> None:
+        if (episode_id, step) <= self.last:
+            self.out_of_order += 1
+        self.last = (episode_id, step)
+        self.transitions += 1
+        self.policy_version = policy_version
 
 
 class _RateMeter:
@@ -165,6 +184,7 @@ class Learner:
         # compares the buffer's inserts with the updates done on this buffer's content
         self._transitions = 0
         self._episodes = 0
+        self._actors: dict[str, ActorTally] = {}
         self._buffer_updates = 0
         self._blocked = False
         self._version = 0
@@ -174,7 +194,7 @@ class Learner:
     # ----------------------------------------------------------------------------- inserts
     def insert(self, actor_id: str, episode_id: int, step: int, obs_frames: Any,
                obs_vector: Any, action: Any, reward: float, next_frame: Any, next_vector: Any,
-               terminated: bool, truncated: bool) -> None:
+               terminated: bool, truncated: bool, policy_version: int = 0) -> None:
         """
         Add one transition (the fields of av_td3_interfaces/msg/Transition) to the buffer.
 
@@ -188,6 +208,8 @@ class Learner:
             self.replay.add(actor_id, int(episode_id), int(step), frames, obs_vector, action,
                             float(reward), frame, next_vector, bool(terminated), bool(truncated))
             self._transitions += 1
+            self._actors.setdefault(actor_id, ActorTally()).count(
+                int(episode_id), int(step), int(policy_version))
             if terminated or truncated:
                 self._episodes += 1
             self._data_ready.notify_all()
@@ -394,7 +416,8 @@ class Learner:
                 q_mean=metrics.get('q_mean', math.nan),
                 samples_per_insert=(self.config.samples_per_insert
                                     if self.options.mode == 'synchronous' else 0.0),
-                insert_allowance=self._allowance_locked())
+                insert_allowance=self._allowance_locked(),
+                actors={name: replace(tally) for name, tally in self._actors.items()})
 
 
 def _frames(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:

@@ -10,6 +10,10 @@ Machines without ``ros2 launch`` (ROS 2 from PyPI wheels) run the same node and 
 ``bringup drive`` (nodes/bringup.py; a test keeps the two in step).
 """
 
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from av_td3_ros.nodes.dds import dds_environment
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
@@ -52,12 +56,10 @@ def generate_launch_description() -> LaunchDescription:
                               description='parameters of av_td3_policy'),
         *[DeclareLaunchArgument(name, default_value=topic, description=description)
           for name, (topic, description) in TOPICS.items()],
-        # 800x600 camera frames over Fast DDS: large-data transports (DESIGN §4) and a shared-
-        # memory segment that holds them (config/fastdds.xml). The camera's publisher should use
-        # the same profile.
-        SetEnvironmentVariable('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA'),
-        SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE',
-                               PathJoinSubstitution([config, 'fastdds.xml'])),
+        # 800x600 camera frames over Fast DDS (DESIGN §4): the environment bringup sets too.
+        # The camera's publisher should use the same profile.
+        *[SetEnvironmentVariable(name, value) for name, value in dds_environment(
+            os.path.join(get_package_share_directory('av_td3_ros'), 'config')).items()],
         Node(package='av_td3_ros', executable='policy_node', name='av_td3_policy',
              namespace=LaunchConfiguration('namespace'), output='screen',
              parameters=[LaunchConfiguration('params_file'),

@@ -15,6 +15,7 @@ server's version; see docs/carla.md. train_carla.launch.py includes this file wi
 import os
 
 from ament_index_python.packages import get_package_share_directory
+from av_td3_ros.nodes.dds import dds_environment
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, SetEnvironmentVariable
 from launch.launch_description_sources import PythonLaunchDescriptionSource
@@ -61,13 +62,10 @@ def carla_actions(arg: dict) -> list:
     """Return the bridge, the ego vehicle, the episode node and the policy node."""
     role = arg['role_name']
     return [
-        # DESIGN §4: 800x600 frames over Fast DDS need the large-data transports and a
-        # shared-memory segment that holds them (config/fastdds.xml); the bridge, which
-        # publishes the camera, is started here and gets the same profile. Humble's Fast DDS
-        # reads FASTRTPS_DEFAULT_PROFILES_FILE and ignores FASTDDS_BUILTIN_TRANSPORTS.
-        SetEnvironmentVariable('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA'),
-        SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', _share('config', 'fastdds.xml')),
-        SetEnvironmentVariable('FASTRTPS_DEFAULT_PROFILES_FILE', _share('config', 'fastdds.xml')),
+        # DESIGN §4: 800x600 frames over Fast DDS (nodes/dds.py, as bringup sets them); the
+        # bridge, which publishes the camera, is started here and gets the same profile.
+        *[SetEnvironmentVariable(name, value)
+          for name, value in dds_environment(_share('config')).items()],
         _include('carla_ros_bridge', 'carla_ros_bridge.launch.py', {
             'host': arg['host'], 'port': arg['port'], 'timeout': arg['timeout'],
             'town': arg['town'], 'passive': 'False',
@@ -86,11 +84,8 @@ def carla_actions(arg: dict) -> list:
         Node(package='av_td3_ros', executable='policy_node', name='av_td3_policy',
              output='screen', emulate_tty=True,
              parameters=[_share('config', 'policy.yaml'), {
-                 'mode': arg['mode'], 'control_output': 'carla',
-                 'checkpoint_path': arg['checkpoint_path']}],
-             remappings=[(f'/carla/ego_vehicle/{topic}', ['/carla/', role, f'/{topic}'])
-                         for topic in ('rgb_front/image', 'odometry', 'waypoints',
-                                       'vehicle_control_cmd')]),
+                 'mode': arg['mode'], 'control_output': 'carla', 'role_name': role,
+                 'checkpoint_path': arg['checkpoint_path']}]),
     ]
 
 

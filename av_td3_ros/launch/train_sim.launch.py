@@ -8,6 +8,10 @@ fixed parameters in one process with ``bringup train_sim`` (nodes/bringup.py; a 
 two in step).
 """
 
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from av_td3_ros.nodes.dds import dds_environment
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
@@ -38,8 +42,9 @@ def generate_launch_description() -> LaunchDescription:
                               default_value=PathJoinSubstitution([config, 'policy.yaml'])),
         DeclareLaunchArgument('trainer_params_file',
                               default_value=PathJoinSubstitution([config, 'trainer.yaml'])),
-        # 800x600 camera frames need Fast DDS's large-data transports (DESIGN §4).
-        SetEnvironmentVariable('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA'),
+        # 800x600 camera frames over Fast DDS (DESIGN §4): the environment bringup sets too.
+        *[SetEnvironmentVariable(name, value) for name, value in dds_environment(
+            os.path.join(get_package_share_directory('av_td3_ros'), 'config')).items()],
         Node(package='av_td3_ros', executable='sim_node', name='av_td3_sim', output='screen',
              parameters=[LaunchConfiguration('sim_params_file'),
                          {'scenario': scenario, 'seed': seed}]),

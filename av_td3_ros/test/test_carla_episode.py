@@ -25,6 +25,7 @@ from av_td3_ros.carla_episode import (
 from av_td3_ros.observation import wrap_angle
 from av_td3_ros.reward import (
     compute_reward, jerk_magnitude, load_reward_weights, StepMeasurements, TERM_NAMES)
+from av_td3_ros.topics import VehicleTopics
 import carla_standin as cs
 import numpy as np
 import pytest
@@ -512,10 +513,13 @@ def test_objects_file_defines_the_ego_vehicle_the_nodes_expect():
     assert sensors['odometry']['type'] == 'sensor.pseudo.odom'
     assert sensors['control']['type'] == 'actor.pseudo.control'
     # the node's default topics are the ones the bridge makes from these ids
-    defaults = {k: v[0] for k, v in _node_module().TOPIC_PARAMETERS.items()}
-    assert defaults['camera_info_topic'] == 'rgb_front/camera_info'
-    assert defaults['collision_topic'] == 'collision'
-    assert defaults['lane_invasion_topic'] == 'lane_invasion'
+    topics = VehicleTopics('ego_vehicle')
+    defaults = {k: getattr(topics, v[0]) for k, v in _node_module().TOPIC_PARAMETERS.items()}
+    assert defaults['camera_info_topic'] == '/carla/ego_vehicle/rgb_front/camera_info'
+    assert defaults['collision_topic'] == '/carla/ego_vehicle/collision'
+    assert defaults['lane_invasion_topic'] == '/carla/ego_vehicle/lane_invasion'
+    assert defaults['step_feedback_topic'] == '/av_td3/step_feedback'
+    assert VehicleTopics('hero').step_feedback == '/av_td3/hero/step_feedback'
 
 
 def test_launch_files_name_existing_executables_and_files():

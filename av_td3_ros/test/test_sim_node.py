@@ -11,6 +11,8 @@ from av_td3_ros.nodes.executor import PooledExecutor
 from av_td3_ros.nodes.sim_node import PARAMETERS, SimNode
 from av_td3_ros.reward import TERM_NAMES
 from av_td3_ros.tools.baseline import BaselineNode
+from av_td3_ros.topics import VehicleTopics
+from builtin_interfaces.msg import Time
 from nav_msgs.msg import Odometry, Path
 import pytest
 import rclpy
@@ -48,22 +50,22 @@ def ros():
 class Probe(Node):
     """A controller stand-in: records every message and can answer frames with controls."""
 
-    def __init__(self, answer: bool = False, name: str = 'probe') -> None:
+    def __init__(self, answer: bool = False, name: str = 'probe',
+                 role_name: str = 'ego_vehicle') -> None:
         super().__init__(name)
         self.answer = answer
         self.lock = threading.Lock()
         self.msgs = {k: [] for k in ('image', 'info', 'odom', 'speed', 'path', 'feedback')}
-        self.control = self.create_publisher(VehicleControl,
-                                             '/carla/ego_vehicle/vehicle_control_cmd', RELIABLE)
+        topics = VehicleTopics(role_name)
+        self.control = self.create_publisher(VehicleControl, topics.control, RELIABLE)
         camera = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
-        self.create_subscription(Image, '/carla/ego_vehicle/rgb_front/image', self._on_image,
-                                 camera)
+        self.create_subscription(Image, topics.image, self._on_image, camera)
         for key, typ, topic, qos in (
-                ('info', CameraInfo, '/carla/ego_vehicle/rgb_front/camera_info', camera),
-                ('odom', Odometry, '/carla/ego_vehicle/odometry', RELIABLE),
-                ('speed', Float32, '/carla/ego_vehicle/speedometer', RELIABLE),
-                ('path', Path, '/carla/ego_vehicle/waypoints', LATCHED),
-                ('feedback', StepFeedback, '/av_td3/step_feedback', RELIABLE)):
+                ('info', CameraInfo, topics.camera_info, camera),
+                ('odom', Odometry, topics.odometry, RELIABLE),
+                ('speed', Float32, topics.speedometer, RELIABLE),
+                ('path', Path, topics.waypoints, LATCHED),
+                ('feedback', StepFeedback, topics.step_feedback, RELIABLE)):
             self.create_subscription(typ, topic, self._recorder(key), qos)
 
     def _recorder(self, key):
@@ -247,6 +249,44 @@ def test_timeout_republishes_the_last_frame(graph):
     images = probe.get('image')
     assert len({_stamp(m) for m in images}) == 1, 'the same frame, re-published'
     assert all(f.step == 0 for f in probe.get('feedback'))
+
+
+def test_controls_that_answer_no_frame_do_not_postpone_the_republish(graph):
+    # A policy node that has no frame yet brakes at 20 Hz with controls stamped by its own
+    # clock. They answer no frame; frame 0 must still be re-published every sync_timeout.
+    sim, probe = _sim(sync_timeout=0.3), Probe()
+    graph(sim, probe)
+    assert _wait(lambda: probe.count('image') >= 1, timeout=20.0)
+    first = probe.count('image')
+    end = time.monotonic() + 2.0
+    while time.monotonic() < end:
+        probe.send(Time(sec=1_700_000_000, nanosec=1), brake=1.0)
+        time.sleep(0.05)
+    images = probe.get('image')
+    assert len({_stamp(m) for m in images}) == 1, 'the brakes stepped the simulator'
+    # 2 s at a 0.3 s timeout: 6 re-publishes when on time; the flood postponed all of them
+    assert len(images) - first >= 3, (len(images), first)
+    assert sim.frames_republished >= 3
+
+
+def test_role_name_puts_every_vehicle_topic_under_it(graph):
+    sim, probe = _sim(role_name='car2'), Probe(answer=True, role_name='car2')
+    default = Probe(name='default_role')
+    graph(sim, probe, default)
+    assert _wait(lambda: probe.count('feedback') >= 3 and probe.count('path') == 1,
+                 timeout=20.0)
+    assert all(probe.count(key) for key in probe.msgs)
+    assert all(default.count(key) == 0 for key in default.msgs), 'heard on default topics'
+    odom = probe.get('odom')[0]
+    assert odom.child_frame_id == 'car2'
+    assert probe.get('image')[0].header.frame_id == 'car2/rgb_front'
+    names = dict(sim.get_topic_names_and_types())
+    assert '/av_td3/car2/step_feedback' in names and '/carla/car2/rgb_front/image' in names
+
+
+def test_role_name_must_be_a_topic_token():
+    with pytest.raises(ValueError, match='role_name'):
+        _sim(role_name='car 2/x')
 
 
 def test_episode_end_next_episode_and_reset_service(graph):

@@ -33,6 +33,7 @@ from av_td3_ros.carla_episode import (
 from av_td3_ros.nodes.executor import PooledExecutor
 from av_td3_ros.observation import yaw_from_quaternion
 from av_td3_ros.reward import load_reward_weights, TERM_NAMES
+from av_td3_ros.topics import DEFAULT_ROLE, VehicleTopics
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry, Path
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -54,7 +55,7 @@ PARAMETERS: dict[str, tuple[Any, str, Any]] = {
     'timeout_s': (10.0, 'carla client RPC timeout', (0.5, 600.0)),
     'connect_retry_s': (2.0, 'wait between connection attempts (town loading, ego spawning)',
                         (0.1, 60.0)),
-    'role_name': ('ego_vehicle', 'role_name of the ego vehicle (carla_spawn_objects id)', None),
+    'role_name': (DEFAULT_ROLE, 'role_name of the ego vehicle (carla_spawn_objects id)', None),
     'town': ('', 'expected town (e.g. Town01); empty accepts whatever the bridge loaded', None),
     'random_start': (True, 'start each episode at a random spawn point (else start_xy)', None),
     'start_xy': ([0.0, 0.0], 'start [x, y] in the bridge map frame (ENU), when not random',
@@ -95,17 +96,19 @@ PARAMETERS: dict[str, tuple[Any, str, Any]] = {
     'camera_qos_reliability': ('reliable', 'camera_info subscription reliability (DESIGN §4)',
                                ('reliable', 'best_effort')),
     'camera_qos_depth': (10, 'camera_info subscription queue depth (keep-last)', (1, 1000)),
-    'step_feedback_topic': ('/av_td3/step_feedback', 'StepFeedback output topic', None),
 }
 
-# per-role topic parameters: name -> (suffix under /carla/<role_name>, description)
+# per-role topic parameters: name -> (VehicleTopics attribute, description); empty (the
+# default) takes the role's topic, so a role_name given at launch moves them all
 TOPIC_PARAMETERS = {
-    'camera_info_topic': ('rgb_front/camera_info', 'front camera_info: one step per frame (same '
-                          'stamp as the image, far smaller to receive)'),
+    'camera_info_topic': ('camera_info', 'front camera_info: one step per frame (same stamp '
+                          'as the image, far smaller to receive)'),
     'odometry_topic': ('odometry', 'bridge odometry (nav_msgs/Odometry, map frame)'),
     'collision_topic': ('collision', 'carla_msgs/CarlaCollisionEvent'),
     'lane_invasion_topic': ('lane_invasion', 'carla_msgs/CarlaLaneInvasionEvent'),
     'waypoints_topic': ('waypoints', 'route output (nav_msgs/Path, transient-local)'),
+    'step_feedback_topic': ('step_feedback', 'StepFeedback output topic (default role: '
+                            '/av_td3/step_feedback, else /av_td3/<role_name>/step_feedback)'),
 }
 
 
@@ -143,10 +146,12 @@ class CarlaEpisodeNode(Node):
             value[name] = self.declare_parameter(
                 name, default, _descriptor(description, limits)).value
         role = value['role_name']
-        for name, (suffix, description) in TOPIC_PARAMETERS.items():
+        topics = VehicleTopics(role)
+        for name, (attribute, description) in TOPIC_PARAMETERS.items():
+            default = getattr(topics, attribute)
             value[name] = self.declare_parameter(
-                name, f'/carla/{role}/{suffix}', ParameterDescriptor(description=description)
-            ).value
+                name, '', ParameterDescriptor(description=f'{description}; empty: {default}')
+            ).value or default
         self._p = value
         for name, (_, _, limits) in PARAMETERS.items():
             if isinstance(limits, tuple) and isinstance(limits[0], str) \

@@ -41,6 +41,9 @@ from av_td3_ros.image_cdr import (
 from av_td3_ros.nodes.allocator import keep_large_buffers
 from av_td3_ros.observation import action_to_control, ObservationError
 from av_td3_ros.policy import Policy
+from av_td3_ros.topics import (
+    check_role_name, DEFAULT_ROLE, DIAGNOSTICS, POLICY_WEIGHTS, TRAINER_STATS, TRANSITIONS,
+    VehicleTopics)
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist
@@ -64,15 +67,6 @@ CONTROL_OUTPUTS = ('native', 'carla', 'twist')
 RELIABILITIES = ('reliable', 'best_effort')
 ODOMETRY_SYNCS = ('stamp', 'latest')
 
-# Topics of DESIGN §4 (remap them; they are absolute so many actors can feed one trainer).
-IMAGE_TOPIC = '/carla/ego_vehicle/rgb_front/image'
-ODOMETRY_TOPIC = '/carla/ego_vehicle/odometry'
-WAYPOINTS_TOPIC = '/carla/ego_vehicle/waypoints'
-CONTROL_TOPIC = '/carla/ego_vehicle/vehicle_control_cmd'
-FEEDBACK_TOPIC = '/av_td3/step_feedback'
-WEIGHTS_TOPIC = '/av_td3/policy_weights'
-TRANSITIONS_TOPIC = '/av_td3/transitions'
-
 WATCHDOG_PERIOD_S = 0.05
 LOG_THROTTLE_S = 2.0
 
@@ -81,6 +75,10 @@ LOG_THROTTLE_S = 2.0
 PARAMETERS: dict[str, tuple] = {
     'autostart': (True, 'configure and activate on start; false leaves the node unconfigured '
                   'for a lifecycle manager', None),
+    'role_name': (DEFAULT_ROLE, "the vehicle's role name: camera, odometry, route and "
+                  'control are /carla/<role_name>/..., step feedback '
+                  '/av_td3/<role_name>/step_feedback (default role: /av_td3/step_feedback); '
+                  'remap them to fit another stack', None),
     'mode': ('deploy', 'deploy: deterministic policy; train: exploration noise, transitions '
              'published, weights taken from policy_weights', MODES),
     'checkpoint_path': ('', 'checkpoint (.pth v1 or legacy) or policy export (.safetensors) '
@@ -114,7 +112,7 @@ PARAMETERS: dict[str, tuple] = {
                           'max_action)', (0.0, 10.0)),
     'seed': (-1, 'seed of the exploration noise; -1: from the OS', (-1, 2**31 - 1)),
     'actor_id': ('', 'stream id in the transitions; empty: host:pid/namespace/name', None),
-    'trainer_stats_topic': ('/av_td3_trainer/stats', 'train mode: TrainerStats of the learner, '
+    'trainer_stats_topic': (TRAINER_STATS, 'train mode: TrainerStats of the learner, '
                             'whose insert_allowance rate-limits this actor', None),
     'diagnostics_period': (1.0, 'seconds between /diagnostics messages', (0.1, 60.0)),
 }
@@ -132,6 +130,7 @@ def ns_to_stamp(ns: int) -> Time:
 class Settings:
     """The validated parameters, read once per configure."""
 
+    topics: VehicleTopics
     train: bool
     checkpoint_path: str
     checkpoint_dir: str
@@ -231,13 +230,15 @@ class PolicyNode(LifecycleNode):
     """The actor as a ROS 2 lifecycle node (DESIGN §4, ``av_td3_policy``)."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs) -> None:
-        super().__init__(node_name, **kwargs)
-        for name, (default, _, _) in PARAMETERS.items():
-            self.declare_parameter(name, default, _descriptor(name))
+        # before the Node exists: a parameter refused while it is built still leaves a node
+        # that rclpy's context destroys at shutdown, and destroy_node needs these
         self._lock = threading.Lock()          # guards _staged and _current_weights
         self._busy = threading.RLock()         # held by inference callbacks and teardown
         # loads and weights are read and built here (its thread starts with the first job)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='policy_loader')
+        super().__init__(node_name, **kwargs)
+        for name, (default, _, _) in PARAMETERS.items():
+            self.declare_parameter(name, default, _descriptor(name))
         self._staged: _StagedPolicy | None = None
         self._settings: Settings | None = None
         self._core: ActorCore | None = None
@@ -265,6 +266,7 @@ class PolicyNode(LifecycleNode):
                                  f'got {value[name]!r}')
         if not value['checkpoint_dir']:
             raise ValueError('parameter checkpoint_dir must not be empty')
+        check_role_name(value['role_name'])
         for name in ('trainer_stats_topic', 'device'):
             if not value[name]:
                 raise ValueError(f'parameter {name} must not be empty')
@@ -277,6 +279,7 @@ class PolicyNode(LifecycleNode):
         actor_id = value['actor_id'] or (
             f'{socket.gethostname()}:{os.getpid()}{self.get_fully_qualified_name()}')
         return Settings(
+            topics=VehicleTopics(value['role_name']),
             train=value['mode'] == 'train',
             checkpoint_path=value['checkpoint_path'],
             checkpoint_dir=value['checkpoint_dir'],
@@ -426,23 +429,24 @@ class PolicyNode(LifecycleNode):
         deep = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self._control_pub = keep(self.create_lifecycle_publisher(control_type, CONTROL_TOPIC,
+        topics = settings.topics
+        self._control_pub = keep(self.create_lifecycle_publisher(control_type, topics.control,
                                                                  reliable))
         self._diagnostics_pub = keep(self.create_lifecycle_publisher(
-            DiagnosticArray, '/diagnostics', reliable))
+            DiagnosticArray, DIAGNOSTICS, reliable))
         self._transitions_pub = keep(self.create_lifecycle_publisher(
-            Transition, TRANSITIONS_TOPIC, deep)) if settings.train else None
+            Transition, TRANSITIONS, deep)) if settings.train else None
         self._image_sub = keep(self.create_subscription(
-            Image, IMAGE_TOPIC, self._on_image, settings.image_qos, callback_group=infer,
+            Image, topics.image, self._on_image, settings.image_qos, callback_group=infer,
             raw=True))
-        keep(self.create_subscription(Odometry, ODOMETRY_TOPIC, self._on_odometry, reliable,
+        keep(self.create_subscription(Odometry, topics.odometry, self._on_odometry, reliable,
                                       callback_group=infer))
-        keep(self.create_subscription(Path, WAYPOINTS_TOPIC, self._on_waypoints, latched,
+        keep(self.create_subscription(Path, topics.waypoints, self._on_waypoints, latched,
                                       callback_group=infer))
-        keep(self.create_subscription(StepFeedback, FEEDBACK_TOPIC, self._on_feedback, deep,
-                                      callback_group=infer))
+        keep(self.create_subscription(StepFeedback, topics.step_feedback, self._on_feedback,
+                                      deep, callback_group=infer))
         if settings.train:
-            keep(self.create_subscription(PolicyWeights, WEIGHTS_TOPIC, self._on_weights,
+            keep(self.create_subscription(PolicyWeights, POLICY_WEIGHTS, self._on_weights,
                                           latched,
                                           callback_group=MutuallyExclusiveCallbackGroup()))
             # best effort matches any publisher; a lost stats message only delays a resume
@@ -619,7 +623,7 @@ class PolicyNode(LifecycleNode):
             if self._settings is not settings:
                 return              # cleaned up or reconfigured meanwhile: weights of the past
             self._current_weights = (msg.version, msg.sha256.lower())
-            self._staged = _StagedPolicy(policy, int(msg.version), f'{WEIGHTS_TOPIC} ({why})',
+            self._staged = _StagedPolicy(policy, int(msg.version), f'{POLICY_WEIGHTS} ({why})',
                                          int(msg.total_it), msg.sha256.lower())
 
     # -- acting -------------------------------------------------------------------------------
@@ -840,7 +844,7 @@ def main(args=None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except rclpy.exceptions.InvalidParameterValueException as exc:
+    except rclpy.exceptions.ParameterException as exc:   # a value of the wrong type or range
         print(f'[{NODE_NAME}] {exc}', file=sys.stderr)
         return 2
     finally:

@@ -9,8 +9,10 @@ frame's sim time (frame counter x ``fixed_delta_seconds``, unique per frame). Su
 
 ``synchronous`` mode: one step per control command (a control stamped with an older frame than the
 last one published is ignored as stale); after an episode ends the terminal frame is published and
-the next control starts a new episode (step 0). The last frame is re-published when no control
-arrives within ``sync_timeout``, so one lost message cannot deadlock the loop. ``realtime`` mode: a
+the next control starts a new episode (step 0). The last frame is re-published every
+``sync_timeout`` until a control answers it (controls that answer no frame do not postpone it), so
+a frame sent before the policy subscribed, or any one lost message, cannot deadlock the loop.
+Topics live under ``role_name`` (``av_td3_ros.topics``). ``realtime`` mode: a
 timer steps at 1 / fixed_delta_seconds with the latest control. ``~/reset`` starts a new episode.
 All simulation work runs on one worker thread, never on the executor serving the service.
 """
@@ -21,17 +23,20 @@ from dataclasses import dataclass
 import math
 import queue
 import threading
+import time
 
 from av_td3_interfaces.msg import StepFeedback, VehicleControl
 from av_td3_ros.nodes.allocator import keep_large_buffers
 from av_td3_ros.reward import compute_reward, load_reward_weights, RewardResult, TERM_NAMES
 from av_td3_ros.sim.render import CameraConfig
 from av_td3_ros.sim.world import Control, SCENARIO_NPCS, World
+from av_td3_ros.topics import check_role_name, DEFAULT_ROLE, VehicleTopics
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry, Path
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 ParameterType)
 import rclpy
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -40,16 +45,7 @@ from std_msgs.msg import Float32
 from std_srvs.srv import Trigger
 
 NODE_NAME = 'av_td3_sim'
-IMAGE_TOPIC = '/carla/ego_vehicle/rgb_front/image'
-CAMERA_INFO_TOPIC = '/carla/ego_vehicle/rgb_front/camera_info'
-ODOMETRY_TOPIC = '/carla/ego_vehicle/odometry'
-SPEEDOMETER_TOPIC = '/carla/ego_vehicle/speedometer'
-WAYPOINTS_TOPIC = '/carla/ego_vehicle/waypoints'
-FEEDBACK_TOPIC = '/av_td3/step_feedback'
-CONTROL_TOPIC = '/carla/ego_vehicle/vehicle_control_cmd'
 MAP_FRAME = 'map'
-EGO_FRAME = 'ego_vehicle'
-CAMERA_FRAME = 'ego_vehicle/rgb_front'
 MODES = ('synchronous', 'realtime')
 RELIABILITIES = ('reliable', 'best_effort')
 # sim time of frame 0: a fixed epoch, so that stamps are reproducible
@@ -76,6 +72,10 @@ def _str(description: str) -> ParameterDescriptor:
 
 # name -> (default, descriptor); every parameter of the node, with its range
 PARAMETERS = {
+    'role_name': (DEFAULT_ROLE, _str("the vehicle's role name: its topics are "
+                                     '/carla/<role_name>/... and its step feedback '
+                                     '/av_td3/<role_name>/step_feedback (default role: '
+                                     '/av_td3/step_feedback), as carla-ros-bridge names them')),
     'scenario': (0, _int('traffic: 0 empty road, 1 light traffic, 2 heavy traffic', 0, 2)),
     'seed': (0, _int('seed of the road and of the episodes (same seed, same run)', 0,
                      2 ** 31 - 1)),
@@ -99,6 +99,7 @@ PARAMETERS = {
 class SimSettings:
     """Validated parameters of the node."""
 
+    topics: VehicleTopics
     scenario: int
     seed: int
     camera: CameraConfig
@@ -113,6 +114,7 @@ class SimSettings:
 def read_settings(node: Node) -> SimSettings:
     """Read and validate the parameters; raise ValueError naming the bad one."""
     p = {name: node.get_parameter(name).value for name in PARAMETERS}
+    check_role_name(p['role_name'])
     if p['scenario'] not in SCENARIO_NPCS:
         raise ValueError(f'scenario must be one of {sorted(SCENARIO_NPCS)}, got {p["scenario"]}')
     if p['mode'] not in MODES:
@@ -128,7 +130,7 @@ def read_settings(node: Node) -> SimSettings:
     reliability = (ReliabilityPolicy.RELIABLE if p['image_qos_reliability'] == 'reliable'
                    else ReliabilityPolicy.BEST_EFFORT)
     return SimSettings(
-        scenario=p['scenario'], seed=p['seed'],
+        topics=VehicleTopics(p['role_name']), scenario=p['scenario'], seed=p['seed'],
         camera=CameraConfig(width=p['camera_width'], height=p['camera_height'],
                             fov_deg=p['camera_fov']),
         mode=p['mode'], dt=p['fixed_delta_seconds'], max_episode_steps=p['max_episode_steps'],
@@ -159,13 +161,14 @@ class SimNode(Node):
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self._pub_image = self.create_publisher(Image, IMAGE_TOPIC, s.image_qos)
-        self._pub_info = self.create_publisher(CameraInfo, CAMERA_INFO_TOPIC, s.image_qos)
-        self._pub_odom = self.create_publisher(Odometry, ODOMETRY_TOPIC, reliable)
-        self._pub_speed = self.create_publisher(Float32, SPEEDOMETER_TOPIC, reliable)
-        self._pub_path = self.create_publisher(Path, WAYPOINTS_TOPIC, latched)
-        self._pub_feedback = self.create_publisher(StepFeedback, FEEDBACK_TOPIC, reliable)
-        self.create_subscription(VehicleControl, CONTROL_TOPIC, self._on_control, reliable)
+        topics = s.topics
+        self._pub_image = self.create_publisher(Image, topics.image, s.image_qos)
+        self._pub_info = self.create_publisher(CameraInfo, topics.camera_info, s.image_qos)
+        self._pub_odom = self.create_publisher(Odometry, topics.odometry, reliable)
+        self._pub_speed = self.create_publisher(Float32, topics.speedometer, reliable)
+        self._pub_path = self.create_publisher(Path, topics.waypoints, latched)
+        self._pub_feedback = self.create_publisher(StepFeedback, topics.step_feedback, reliable)
+        self.create_subscription(VehicleControl, topics.control, self._on_control, reliable)
         self.create_service(Trigger, '~/reset', self._on_reset)
         self._camera_info = self._make_camera_info()
         self._queue: queue.Queue = queue.Queue()
@@ -180,6 +183,8 @@ class SimNode(Node):
         self._ended = True
         self._last_messages: tuple = ()
         self.frames_published = 0
+        self.frames_republished = 0
+        self._published_at = 0.0
         self._worker = threading.Thread(target=self._work, name='av_td3_sim_worker', daemon=True)
         self._worker.start()
         if s.mode == 'realtime':
@@ -228,18 +233,20 @@ class SimNode(Node):
     # -- worker thread ------------------------------------------------------------------------
     def _work(self) -> None:
         self._guarded(self._new_episode)
+        sync = self.settings.mode == 'synchronous'
         while self._running:
-            sync = self.settings.mode == 'synchronous'
+            timeout = 0.5
+            if sync and self._last_messages:
+                # The deadline counts from the last publish, not from the last message taken:
+                # controls that answer no frame (a watchdog's brakes, stale stamps) must not
+                # postpone the re-publish, or a frame lost at start-up is never sent again.
+                timeout = self._published_at + self.settings.sync_timeout - time.monotonic()
+                if timeout <= 0.0:
+                    self._republish()
+                    continue
             try:
-                kind, payload = self._queue.get(timeout=self.settings.sync_timeout if sync
-                                                else 0.5)
+                kind, payload = self._queue.get(timeout=timeout)
             except queue.Empty:
-                if sync and self._last_messages:
-                    self.get_logger().warning(
-                        f'no control within sync_timeout={self.settings.sync_timeout:g} s: '
-                        f're-publishing frame {self._step} of episode {self._episode}',
-                        throttle_duration_sec=5.0)
-                    self._publish(*self._last_messages)
                 continue
             if kind == 'stop':
                 break
@@ -253,6 +260,15 @@ class SimNode(Node):
                 with self._control_lock:
                     control = self._latest_control
                 self._guarded(self._advance, control)
+
+    def _republish(self) -> None:
+        """Send the last frame again: its control did not come within ``sync_timeout``."""
+        self.get_logger().warning(
+            f'no control for frame {self._step} of episode {self._episode} within '
+            f'sync_timeout={self.settings.sync_timeout:g} s: re-publishing it',
+            throttle_duration_sec=5.0)
+        self.frames_republished += 1
+        self._guarded(self._publish, *self._last_messages)
 
     def _guarded(self, fn, *args) -> None:
         """Run one unit of simulation work; an error is logged and the loop goes on."""
@@ -308,7 +324,7 @@ class SimNode(Node):
         odom = Odometry()
         odom.header.stamp.sec, odom.header.stamp.nanosec = sec, nanosec
         odom.header.frame_id = MAP_FRAME
-        odom.child_frame_id = EGO_FRAME
+        odom.child_frame_id = self.settings.topics.vehicle_frame
         odom.pose.pose.position.x, odom.pose.pose.position.y = ego.x, ego.y
         q = odom.pose.pose.orientation
         q.x, q.y, q.z, q.w = _quaternion(ego.yaw)
@@ -338,7 +354,7 @@ class SimNode(Node):
         info.header.stamp = odom.header.stamp
         image = Image()
         image.header.stamp = odom.header.stamp
-        image.header.frame_id = CAMERA_FRAME
+        image.header.frame_id = self.settings.topics.camera_frame
         cam = self.settings.camera
         image.height, image.width = cam.height, cam.width
         image.encoding = 'bgra8'
@@ -357,6 +373,7 @@ class SimNode(Node):
         self._pub_info.publish(info)
         self._pub_image.publish(image)
         self.frames_published += 1
+        self._published_at = time.monotonic()
 
     def _make_path(self, sec: int, nanosec: int) -> Path:
         route = self.world.route
@@ -379,7 +396,7 @@ class SimNode(Node):
         cam = self.settings.camera
         f, cx, cy = cam.intrinsics()
         info = CameraInfo()
-        info.header.frame_id = CAMERA_FRAME
+        info.header.frame_id = self.settings.topics.camera_frame
         info.height, info.width = cam.height, cam.width
         info.distortion_model = 'plumb_bob'
         info.d = [0.0] * 5
@@ -404,7 +421,7 @@ def main(args=None) -> None:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except ValueError as exc:     # bad parameters: one clear line, no traceback
+    except (ValueError, ParameterException) as exc:   # bad parameters: one clear line
         print(f'[{NODE_NAME}] configuration error: {exc}', flush=True)
         raise SystemExit(2) from None
     finally:

@@ -28,6 +28,7 @@ from av_td3_ros.learner_loop import (
 from av_td3_ros.nodes.allocator import keep_large_buffers
 from av_td3_ros.nodes.executor import PooledExecutor
 from av_td3_ros.observation import ObservationSpec
+from av_td3_ros.topics import POLICY_WEIGHTS, TRANSITIONS
 from rcl_interfaces.msg import (
     FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType)
 import rclpy
@@ -40,8 +41,6 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.serialization import serialize_message
 
 NODE_NAME = 'av_td3_trainer'
-TRANSITIONS_TOPIC = '/av_td3/transitions'
-WEIGHTS_TOPIC = '/av_td3/policy_weights'
 INT64_MAX = 2**63 - 1
 
 # transient-local depth 1: an actor that starts late still receives the latest weights
@@ -94,7 +93,7 @@ class TrainerNode(Node):
         self.stats_period = self._param('stats_period')
         self._version_published = 0
 
-        self._weights_pub = self.create_publisher(PolicyWeights, WEIGHTS_TOPIC, WEIGHTS_QOS)
+        self._weights_pub = self.create_publisher(PolicyWeights, POLICY_WEIGHTS, WEIGHTS_QOS)
         self._stats_pub = self.create_publisher(TrainerStats, '~/stats', 10)
         self.learner = Learner(
             self.config,
@@ -123,7 +122,7 @@ class TrainerNode(Node):
         # One group per concern: inserts never wait for a service, services never wait for
         # inserts, and the learner itself runs on its own thread.
         self._transition_sub = self.create_subscription(
-            Transition, TRANSITIONS_TOPIC, self._on_transition,
+            Transition, TRANSITIONS, self._on_transition,
             QoSProfile(history=HistoryPolicy.KEEP_LAST,
                        depth=self._param('transition_queue_depth'),
                        reliability=ReliabilityPolicy.RELIABLE),
@@ -224,7 +223,8 @@ class TrainerNode(Node):
                                  f'{self.config.obs.image_size}')
             self.learner.insert(msg.actor_id, msg.episode_id, msg.step, msg.obs_frames,
                                 msg.obs_vector, msg.action, msg.reward, msg.next_frame,
-                                msg.next_vector, msg.terminated, msg.truncated)
+                                msg.next_vector, msg.terminated, msg.truncated,
+                                msg.policy_version)
         except ValueError as exc:
             self.get_logger().error(f'dropped a transition from {msg.actor_id!r}: {exc}',
                                     throttle_duration_sec=5.0)
@@ -237,7 +237,7 @@ class TrainerNode(Node):
         storage = self._param('record_bag_storage')
         try:
             self._bag = TransitionBagWriter(Path(path).expanduser(), storage,
-                                            self.resolve_topic_name(TRANSITIONS_TOPIC))
+                                            self.resolve_topic_name(TRANSITIONS))
         except BagError as exc:
             raise ValueError(f'record_bag={path!r}: {exc}') from None
         self.get_logger().info(f'recording received transitions to {self._bag.path} ({storage})')
@@ -278,6 +278,11 @@ class TrainerNode(Node):
         msg.q_mean = float(stats.q_mean)
         msg.samples_per_insert = float(stats.samples_per_insert)
         msg.insert_allowance = int(stats.insert_allowance)
+        for actor_id, tally in stats.actors.items():
+            msg.actor_ids.append(actor_id)
+            msg.actor_transitions.append(tally.transitions)
+            msg.actor_out_of_order.append(tally.out_of_order)
+            msg.actor_policy_versions.append(tally.policy_version)
         self._stats_pub.publish(msg)
         return stats
 
