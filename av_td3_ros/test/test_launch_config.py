@@ -260,3 +260,12 @@ def test_launch_parameters_are_declared_and_defaults_match_the_yaml(path, declar
                 assert parse_set([f'n.p={default}'])['n']['p'] == yaml_values[param], \
                     f'{path.name}: {argument} defaults to {default!r}, ' \
                     f'{default_yaml(node.name).name} has {param}: {yaml_values[param]!r}'
+
+
+@pytest.mark.parametrize('path', [p for p in LAUNCH_FILES if p.name != 'train_carla.launch.py'],
+                         ids=lambda p: p.name)
+def test_launch_files_set_the_dds_environment_bringup_sets(path):
+    # train_carla includes drive_carla, which sets it for every process it starts
+    calls = [n for n in ast.walk(ast.parse(path.read_text())) if _call_name(n) ==
+             'dds_environment']
+    assert calls, f'{path.name} does not set the environment of nodes/dds.py'
