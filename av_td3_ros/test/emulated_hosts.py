@@ -7,14 +7,16 @@ Not a test module (no ``test_`` prefix). Each emulated host gets
   private /24 (default 10.201.0.0/24, host *i* at .(i+1)) and a multicast route
   224.0.0.0/4 on ``eth0`` (Fast DDS SPDP discovery is multicast);
 - a machine id of its own: every process started on the host sees a per-host file with a random
-  32-hex id bind-mounted over ``/etc/machine-id`` (Fast DDS derives its host id from it, and
-  takes two participants with the same host id for one machine, i.e. tries shared memory);
+  32-hex id bind-mounted over ``/etc/machine-id`` (Fast DDS derives its host id from it;
+  participants with one host id count as one machine, whose peers it reaches over SHM);
 - a ``/dev/shm`` of its own: the directory ``workdir/<host>/shm`` bind-mounted over ``/dev/shm``
   for every process started on that host, so the processes of one host share memory with each
   other (Fast DDS SHM) and processes of different hosts cannot.
 
 The hosts' veths are joined by a Linux bridge that lives in a separate "switch" namespace, so
-nothing is ever created in (or changed about) the root namespace's interfaces and routes.
+nothing is ever created in (or changed about) the root namespace's interfaces and routes: the
+veth ends are created directly in their namespaces (``v<i>`` in the switch, ``eth0`` in host
+*i*), so link names cannot collide with other runs; only the namespace names need to be unique.
 ``cut(host)`` sets the host's switch-side veth down (the host sees NO-CARRIER, its address and
 routes stay), ``restore(host)`` sets it up again.
 
@@ -40,8 +42,8 @@ the machine: the namespaces see no other traffic. Other keyword arguments go to
 ``subprocess.Popen`` (``stdout``, ``stderr``, ``cwd``...); ``start_new_session`` is always set,
 so every process is the leader of a process group of its own. ``run`` (short commands such as
 ``cat /etc/machine-id``) passes ``env`` unchanged. To start something with other DDS settings,
-run ``net.command(host, argv)`` with ``subprocess`` yourself (then it is not killed by
-``close()``, but it dies with the namespaces' processes all the same).
+run ``net.command(host, argv)`` with ``subprocess`` yourself; ``close()`` then does not signal
+its process group, but still SIGKILLs it with everything else left inside the namespaces.
 
 Processes started by ``popen`` keep the host's namespaces for their children too (a launcher
 forking node processes). ``close()`` (the context manager's exit, with an ``atexit`` fallback)
@@ -315,16 +317,22 @@ class EmulatedNetwork:
     # -- tear-down -----------------------------------------------------------------------
 
     def kill_all(self, timeout: float = 3.0) -> None:
-        """SIGTERM every process group started, SIGKILL those still alive after ``timeout``."""
+        """
+        SIGTERM the process group of every process started, SIGKILL it after ``timeout``.
+
+        Groups whose leader was reaped before (its pid may be in use again) are skipped; what
+        is left of them inside the namespaces is killed by ``close()``.
+        """
+        live = [p for p in self._procs if p.returncode is None]
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            for proc in self._procs:
+            for proc in live:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, sig)  # start_new_session: pgid == pid
             deadline = time.monotonic() + timeout
-            for proc in self._procs:
+            for proc in live:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(max(0.0, deadline - time.monotonic()))
-            if all(p.poll() is not None for p in self._procs):
+            if all(p.poll() is not None for p in live):
                 break
 
     def close(self) -> None:
