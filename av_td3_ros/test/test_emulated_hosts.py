@@ -181,6 +181,14 @@ def test_link_cut_stops_delivery_and_it_resumes_after_restore(workdir):
         assert seconds is not None and seconds < 5.0, (kind, recovery)
 
 
+def _running(pid: int) -> bool:
+    """Return whether ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def test_cleanup_kills_processes_and_deletes_namespaces(workdir):
     # A stale namespace of a crashed instance (its tag's lock is not held) goes at the next start.
     stale = 'avh-fffffffx0-ghost'
@@ -203,8 +211,7 @@ def test_cleanup_kills_processes_and_deletes_namespaces(workdir):
         subprocess.run(['ip', 'netns', 'del', stale], capture_output=True)
     assert proc.poll() is not None
     time.sleep(0.2)  # the orphan's zombie is reaped by init
-    assert not [p for p in pids if Path(f'/proc/{p}').exists()
-                and 'Z' not in Path(f'/proc/{p}/stat').read_text().split()[2]]
+    assert not [p for p in pids if _running(p)]
     left = [n for n in _netns() if n in names or n.startswith(f'avh-{net.tag}-')]
     assert left == []
     assert not [n for n in _netns() if n.startswith('avh-') and n != stale and
