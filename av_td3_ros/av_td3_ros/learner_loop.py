@@ -103,12 +103,16 @@ class ActorTally:
     transitions: int = 0
     # (episode, step) not after the stream's previous one: a repeat, a reordering or a restart
     out_of_order: int = 0
+    # steps skipped inside an episode: transitions lost on the way (a slow learner, a link)
+    missed: int = 0
     policy_version: int = 0     # of its newest transition
     last: tuple[int, int] = (-1, -1)
 
     def count(self, episode_id: int, step: int, policy_version: int) -> None:
         if (episode_id, step) <= self.last:
             self.out_of_order += 1
+        elif episode_id == self.last[0]:
+            self.missed += step - self.last[1] - 1
         self.last = (episode_id, step)
         self.transitions += 1
         self.policy_version = policy_version

@@ -282,6 +282,7 @@ class TrainerNode(Node):
             msg.actor_ids.append(actor_id)
             msg.actor_transitions.append(tally.transitions)
             msg.actor_out_of_order.append(tally.out_of_order)
+            msg.actor_missed.append(tally.missed)
             msg.actor_policy_versions.append(tally.policy_version)
         self._stats_pub.publish(msg)
         return stats
