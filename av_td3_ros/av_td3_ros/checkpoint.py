@@ -422,6 +422,24 @@ def newest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
     return max(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
 
+def remove_stale_temp_files(checkpoint_dir: str | os.PathLike) -> list[Path]:
+    """
+    Delete the temp files of checkpoint writes that never finished; return what was removed.
+
+    StagedFile names them ``.<final name>.<random>.tmp``; only those of ``*.pth`` and
+    ``*.replay.npz`` files are touched. Call it at start, before this process writes: a temp
+    file is never picked as a checkpoint, but a killed save leaves one per file it was writing.
+    """
+    directory = Path(checkpoint_dir)
+    removed = []
+    for pattern in ('.*.pth.*.tmp', '.*.replay.npz.*.tmp'):
+        for path in directory.glob(pattern):
+            if path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return sorted(removed)
+
+
 # ---------------------------------------------------------------------- tools
 
 def inspect_checkpoint(path: str | os.PathLike) -> dict:
@@ -488,5 +506,5 @@ def convert_legacy(path: str | os.PathLike, out: str | os.PathLike) -> Checkpoin
 __all__ = [
     'FORMAT', 'POLICY_FORMAT', 'VERSION', 'CheckpointError', 'CheckpointInfo', 'convert_legacy',
     'export_policy_file', 'inspect_checkpoint', 'load_checkpoint', 'newest_checkpoint',
-    'read_checkpoint', 'replay_path_for', 'resolve_checkpoint_path', 'save_checkpoint',
-    'sha256_file']
+    'read_checkpoint', 'remove_stale_temp_files', 'replay_path_for', 'resolve_checkpoint_path',
+    'save_checkpoint', 'sha256_file']

@@ -159,7 +159,7 @@ class Learner:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix='checkpoint-writer')
         self._pending_write: Future | None = None
         self._shadow: TD3 | None = None  # writer thread's copy, loaded from snapshots
-        self._written: deque[Path] = deque()
+        self._written: deque[tuple[Path, tuple[int, int]]] = deque()
         self._rate = _RateMeter()
         # transitions/episodes are lifetime counts (a full load restores them); the limiter
         # compares the buffer's inserts with the updates done on this buffer's content
@@ -242,7 +242,7 @@ class Learner:
         Also broadcasts weights and schedules a checkpoint when their period comes round.
         Callable from any thread (the offline trainer calls it in its own loop).
         """
-        export = snapshot = None
+        export = snapshot = skipped = None
         with self._model_lock:
             with self._replay_lock:
                 if not self._can_sample_locked():
@@ -259,6 +259,9 @@ class Learner:
             every = self.config.checkpoint_every
             if every and total_it % every == 0:
                 snapshot = self._snapshot_locked()
+                # queued while the model lock is held: a save() of the same update (same
+                # default name) is queued after it and so is never overwritten by it
+                skipped = self._schedule_checkpoint(*snapshot)
         self._rate.add(total_it)
         unblocked = False
         with self._replay_lock:
@@ -271,8 +274,8 @@ class Learner:
             self._on_unblock()
         if export is not None and self._on_weights is not None:
             self._on_weights(export)
-        if snapshot is not None:
-            self._schedule_checkpoint(*snapshot)
+        if snapshot is not None and skipped and self._on_error is not None:
+            self._on_error(skipped)
         return True
 
     # ----------------------------------------------------------------------------- weights
@@ -304,22 +307,24 @@ class Learner:
         state['optimizers'] = copy.deepcopy(state['optimizers'])
         return state, self._counters_locked()
 
-    def _write_snapshot(self, state: dict, counters: dict[str, int], path: Path) -> CheckpointInfo:
+    def _write_snapshot(self, state: dict, counters: dict[str, int],
+                        path: Path) -> tuple[CheckpointInfo, tuple[int, int]]:
         if self._shadow is None:
             self._shadow = TD3(self.config)
         self._shadow.load_state_dict(state)
-        return save_checkpoint(path, self._shadow, None, counters)
+        info = save_checkpoint(path, self._shadow, None, counters)
+        return info, _file_identity(path)
 
-    def _schedule_checkpoint(self, state: dict, counters: dict[str, int]) -> None:
+    def _schedule_checkpoint(self, state: dict, counters: dict[str, int]) -> str | None:
+        """Queue a periodic write (model lock held); return why it was skipped, if it was."""
         if self._pending_write is not None and not self._pending_write.done():
-            if self._on_error is not None:
-                self._on_error(f'checkpoint at update {counters["total_it"]} skipped: the '
-                               'previous write is still running (raise checkpoint_every)')
-            return
+            return (f'checkpoint at update {counters["total_it"]} skipped: the previous write '
+                    'is still running (raise checkpoint_every)')
         path = step_checkpoint_path(self.options.checkpoint_dir, counters['total_it'])
         future = self._writer.submit(self._write_snapshot, state, counters, path)
         future.add_done_callback(self._checkpoint_written)
         self._pending_write = future
+        return None
 
     def _checkpoint_written(self, future: Future) -> None:
         exc = future.exception()
@@ -327,11 +332,17 @@ class Learner:
             if self._on_error is not None:
                 self._on_error(f'periodic checkpoint failed: {exc}')
             return
-        info = future.result()
-        self._written.append(Path(info.path))
+        info, identity = future.result()
+        self._written.append((Path(info.path), identity))
         while self.options.keep_checkpoints and len(self._written) > self.options.keep_checkpoints:
-            old = self._written.popleft()
-            old.unlink(missing_ok=True)
+            old, old_identity = self._written.popleft()
+            # only the file this writer wrote: a save() to the same name since replaced it
+            # (another inode), and what the save service reported must stay
+            try:
+                if _file_identity(old) == old_identity:
+                    old.unlink()
+            except FileNotFoundError:
+                pass
         if self._on_checkpoint is not None:
             self._on_checkpoint(info)
 
@@ -345,15 +356,19 @@ class Learner:
         and written by the writer thread (updates go on). With it, updates and inserts pause for
         the write so that networks, counters and buffer are one exactly resumable state.
         """
+        # Every write goes through the one writer thread, queued under the model lock, so
+        # writes to one name land in the order of the states they hold.
         with self._model_lock:
             if path is None:
                 path = step_checkpoint_path(self.options.checkpoint_dir, self.td3.total_it)
             if include_replay:
                 with self._replay_lock:
-                    return save_checkpoint(Path(path), self.td3, self.replay,
-                                           self._counters_locked(with_replay=True))
+                    return self._writer.submit(
+                        save_checkpoint, Path(path), self.td3, self.replay,
+                        self._counters_locked(with_replay=True)).result()
             state, counters = self._snapshot_locked()
-        return self._writer.submit(self._write_snapshot, state, counters, Path(path)).result()
+            future = self._writer.submit(self._write_snapshot, state, counters, Path(path))
+        return future.result()[0]
 
     def load(self, path: str | Path, weights_only: bool = False) -> CheckpointInfo:
         """
@@ -395,6 +410,12 @@ class Learner:
                 samples_per_insert=(self.config.samples_per_insert
                                     if self.options.mode == 'synchronous' else 0.0),
                 insert_allowance=self._allowance_locked())
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    """Return (inode, mtime_ns): tells the file a write put there from a later replacement."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
 
 
 def _frames(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
