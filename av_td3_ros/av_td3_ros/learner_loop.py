@@ -179,11 +179,13 @@ class Learner:
         Add one transition (the fields of av_td3_interfaces/msg/Transition) to the buffer.
 
         Frames may come flat (a message's uint8[]) or shaped. Raises ValueError naming the
-        field for a wrong size or a non-finite value; nothing is stored then.
+        field for a wrong size, a non-finite value, an action outside [-max_action,
+        max_action] or a reward beyond float32; nothing is stored then.
         """
         shape = self.config.obs.image_shape
         frames = _frames('obs_frames', obs_frames, shape)
         frame = _frames('next_frame', next_frame, shape[1:])
+        _check_action_and_reward(action, reward, self.config.action_dim, self.config.max_action)
         with self._data_ready:
             self.replay.add(actor_id, int(episode_id), int(step), frames, obs_vector, action,
                             float(reward), frame, next_vector, bool(terminated), bool(truncated))
@@ -416,6 +418,30 @@ def _file_identity(path: Path) -> tuple[int, int]:
     """Return (inode, mtime_ns): tells the file a write put there from a later replacement."""
     stat = path.stat()
     return stat.st_ino, stat.st_mtime_ns
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+ACTION_TOLERANCE = 1e-5   # float32 rounding of a clipped action (float32(0.3) > 0.3)
+
+
+def _check_action_and_reward(action: Any, reward: Any, action_dim: int,
+                             max_action: float) -> None:
+    """Refuse what the buffer would store wrongly: out-of-range actions, float32-inf rewards."""
+    try:
+        values = np.asarray(action, dtype=np.float64).reshape(-1)
+        reward = float(reward)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f'action or reward is not numeric: {exc}') from None
+    if values.size != action_dim:
+        raise ValueError(f'action must have {action_dim} values, got {values.size}')
+    if not np.isfinite(values).all():
+        raise ValueError('action contains NaN or inf')
+    limit = max_action * (1.0 + ACTION_TOLERANCE)
+    if np.abs(values).max(initial=0.0) > limit:
+        raise ValueError(f'action {values.tolist()} is outside [-{max_action:g}, '
+                         f'{max_action:g}] (max_action)')
+    if not abs(reward) <= FLOAT32_MAX:   # also NaN; a larger one would be stored as inf
+        raise ValueError(f'reward must be finite in float32, got {reward}')
 
 
 def _frames(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
