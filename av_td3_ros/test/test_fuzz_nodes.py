@@ -27,10 +27,10 @@ import pytest
 from rclpy.serialization import serialize_message
 from ros_harness import episode_transitions, overrides, RosHarness, wait_for
 from safetensors.torch import save as safetensors_save
-import torch
 # the policy node's vehicle side and checkpoints, shared with its own tests
 from test_policy_node import (  # noqa: F401 (pytest fixtures)
     checkpoints, expected, image_msg, ros, ROUTE, scene, start, vehicle)
+import torch
 
 pytestmark = pytest.mark.ros
 SEED = 1415
@@ -105,7 +105,7 @@ def test_trainer_node_refuses_malformed_transitions_and_keeps_learning(tmp_path)
 # -- policy node -----------------------------------------------------------------------------
 
 def _bad_images(rng: np.random.Generator, good, n: int) -> list:
-    """n malformed camera frames: lying fields, unknown encodings, truncated and flipped bytes."""
+    """Return n malformed camera frames: lying fields, unknown encodings, cut or bent bytes."""
     serialized = serialize_message(good)
     out = []
     for i in range(n):
@@ -181,7 +181,7 @@ def test_policy_node_refuses_malformed_inputs_and_keeps_driving(request):
 
 
 def _bad_weights(rng: np.random.Generator, data: bytes, n: int) -> list[PolicyWeights]:
-    """n malformed PolicyWeights: bad digest, truncated, not safetensors, other architecture."""
+    """Return n malformed PolicyWeights: bad digest, truncated, garbage, other architecture."""
     policy = Policy.from_export_bytes(data)
     networks = {'actor_cnn': policy.actor_cnn.state_dict(), 'actor': policy.actor.state_dict()}
     header = json.loads(data[8:8 + int.from_bytes(data[:8], 'little')])
@@ -223,4 +223,3 @@ def test_policy_node_refuses_malformed_weights_and_takes_good_ones(request):
         return status is not None and {kv.key: kv.value for kv in status.values}[
             'policy_version'] == '7'
     wait_for(taken, 10.0, 'the good weights (version 7) in use', period=0.2)
-
