@@ -1,15 +1,17 @@
 """
 SIGKILL during checkpoint writes (issue 14): a real trainer_node process, killed at random moments.
 
-Each round starts ``python -m av_td3_ros.nodes.trainer_node`` (its own process), loads the newest
+Each round starts ``python -m av_td3_ros.nodes.trainer_node`` (its own process, a node name of
+its own: the killed one lingers in the DDS graph until its lease ends), loads the newest
 checkpoint through ``~/load_checkpoint`` with an empty path (so the round also checks what the
 previous kill left), feeds transitions over DDS so the learner updates in realtime mode and
 writes a periodic checkpoint every few updates, calls ``~/save_checkpoint`` in a loop (with and
 without the replay buffer, default and fixed names) and is killed with SIGKILL after a random
 delay. After each kill the directory is checked: every ``*.pth`` is complete, the one an empty
 load path picks matches the sha256 a save reported (or was in flight at the kill and loads), a
-replay file never pairs with the wrong checkpoint, and the next start removes leftover temp
-files with a log line.
+replay file never pairs with the wrong checkpoint, every file the save service reported is still
+there, and the next start removes leftover temp files with a log line. At the end a replay file
+of another save is put beside a checkpoint: the node refuses the load.
 
 The number of kills is ``AV_TD3_STRESS_KILLS`` (default 4 in the normal suite; ``make stress``
 runs 60).
@@ -65,12 +67,12 @@ def _config() -> TD3Config:
 class Trainer:
     """One trainer_node process with its log in a file."""
 
-    def __init__(self, params_file: Path, log: Path) -> None:
+    def __init__(self, params_file: Path, log: Path, name: str) -> None:
         self.log = log
         self._stream = open(log, 'wb')  # noqa: SIM115 (open for the process's lifetime)
         self.process = subprocess.Popen(
             [sys.executable, '-m', 'av_td3_ros.nodes.trainer_node', '--ros-args',
-             '--params-file', str(params_file)],
+             '--params-file', str(params_file), '-r', f'__node:={name}'],
             stdout=self._stream, stderr=subprocess.STDOUT, start_new_session=True)
 
     def text(self) -> str:
@@ -86,14 +88,13 @@ class Trainer:
 class Saver(threading.Thread):
     """Call ~/save_checkpoint in a loop and record every answer that arrived."""
 
-    def __init__(self, harness: RosHarness, rng: np.random.Generator) -> None:
+    def __init__(self, harness: RosHarness, rng: np.random.Generator, node: str) -> None:
         super().__init__(daemon=True)
         self.harness, self.rng = harness, rng
         self.answers: list[SaveCheckpoint.Response] = []
         self.requested: set[str] = set()   # fixed names asked for (answer may never come)
         self.stop = threading.Event()
-        self.client = harness.client.create_client(SaveCheckpoint,
-                                                   '/av_td3_trainer/save_checkpoint')
+        self.client = harness.client.create_client(SaveCheckpoint, f'/{node}/save_checkpoint')
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -110,32 +111,6 @@ class Saver(threading.Thread):
             if future.result() is not None and future.result().success:
                 self.answers.append(future.result())
             time.sleep(float(self.rng.uniform(0.0, 0.05)))
-
-
-def _call_new_server(harness: RosHarness, srv_type, name: str, request, timeout: float = 90.0):
-    """
-    Call a service of a freshly started process, retrying while the killed one is still known.
-
-    The killed trainer's DDS participant stays in the graph until its lease expires, so
-    wait_for_service can return at once and the request goes to the dead server; it is not
-    delivered to the new one (volatile). An empty-path load is idempotent, so it is simply sent
-    again.
-    """
-    client = harness.client.create_client(srv_type, name)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not client.wait_for_service(timeout_sec=1.0):
-                continue
-            future = client.call_async(request)
-            done = threading.Event()
-            future.add_done_callback(lambda _, done=done: done.set())
-            if done.wait(3.0):
-                return future.result()
-            client.remove_pending_request(future)
-        raise AssertionError(f'{name} did not answer within {timeout} s')
-    finally:
-        harness.client.destroy_client(client)
 
 
 def _check_directory(ckpt: Path, reported: dict[str, set[str]], config: TD3Config) -> dict:
@@ -164,7 +139,7 @@ def _check_directory(ckpt: Path, reported: dict[str, set[str]], config: TD3Confi
             'refused': refused, 'replay': len(replay)}
 
 
-def _check_pairing_refused(harness: RosHarness, ckpt: Path) -> None:
+def _check_pairing_refused(harness: RosHarness, ckpt: Path, node: str) -> None:
     """Put another save's replay file beside a checkpoint: the node must refuse the load."""
     pairs = [p for p in sorted(ckpt.glob('*.pth'))
              if (read_checkpoint(p).content.get('replay') or {}).get('file')
@@ -173,7 +148,7 @@ def _check_pairing_refused(harness: RosHarness, ckpt: Path) -> None:
     first, second = pairs[:2]
     replay = first.with_name(first.stem + '.replay.npz')
     replay.write_bytes(second.with_name(second.stem + '.replay.npz').read_bytes())
-    answer = harness.call(LoadCheckpoint, '/av_td3_trainer/load_checkpoint',
+    answer = harness.call(LoadCheckpoint, f'/{node}/load_checkpoint',
                           LoadCheckpoint.Request(path=first.name))
     assert not answer.success
     assert 'does not match the checkpoint (sha256 differs)' in answer.message, answer.message
@@ -184,7 +159,7 @@ def test_sigkill_during_checkpoint_writes(tmp_path):
     ckpt = tmp_path / 'ckpt'
     ckpt.mkdir()
     params_file = tmp_path / 'trainer.yaml'
-    params_file.write_text(yaml.safe_dump({'/**/av_td3_trainer': {'ros__parameters': {
+    params_file.write_text(yaml.safe_dump({'/**': {'ros__parameters': {
         **PARAMS, 'checkpoint_dir': str(ckpt)}}}))
     config = _config()
     spec = ObservationSpec(image_size=36)
@@ -198,11 +173,13 @@ def test_sigkill_during_checkpoint_writes(tmp_path):
                'loaded_with_replay': 0}
     try:
         for round_ in range(KILLS + 1):
-            trainer = Trainer(params_file, tmp_path / f'trainer_{round_}.log')
+            # a node name per start: the killed one lingers in the DDS graph until its lease
+            # ends, and a request to its service would go nowhere
+            node = f'av_td3_trainer_{round_}'
+            trainer = Trainer(params_file, tmp_path / f'trainer_{round_}.log', node)
             try:
-                load = _call_new_server(harness, LoadCheckpoint,
-                                        '/av_td3_trainer/load_checkpoint',
-                                        LoadCheckpoint.Request(path=''))
+                load = harness.call(LoadCheckpoint, f'/{node}/load_checkpoint',
+                                    LoadCheckpoint.Request(path=''), timeout=60.0)
                 if last is None:
                     assert not load.success and 'no checkpoint' in load.message
                 elif last['refused'] is None:
@@ -217,7 +194,7 @@ def test_sigkill_during_checkpoint_writes(tmp_path):
                     summary['temps_removed'] += int(match.group(1))
                     assert not [p for p in ckpt.iterdir() if p.name in last['temps']]
                 if round_ == KILLS:
-                    _check_pairing_refused(harness, ckpt)
+                    _check_pairing_refused(harness, ckpt, node)
                     break
                 wait_for(lambda: publisher.get_subscription_count() > 0, 30,
                          'the trainer subscription')
@@ -225,9 +202,9 @@ def test_sigkill_during_checkpoint_writes(tmp_path):
                 for msg in episode_transitions(spec, int(rng.integers(12, 40)), seed=episode,
                                                episode_id=episode):
                     publisher.publish(msg)
-                saver = Saver(harness, rng)
+                saver = Saver(harness, rng, node)
                 saver.start()
-                time.sleep(float(rng.uniform(0.3, 2.0)))
+                time.sleep(float(rng.uniform(0.2, 1.2)))
                 trainer.kill()
                 saver.stop.set()
                 saver.join(10)
