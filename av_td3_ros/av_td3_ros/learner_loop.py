@@ -11,7 +11,10 @@ threading lives in one place and is testable without ROS:
   that is how a service call pauses the learner safely. Lock order is always model, then replay.
 - Every ``checkpoint_every`` updates the learner state is snapshotted under the model lock
   (cloned tensors, tens of milliseconds) and written by a writer thread, so disk I/O never
-  stalls the updates.
+  stalls the updates. Every write (``save()`` too) is queued on that one thread while the model
+  lock is held, so writes land in state order; a periodic write never replaces a file it did
+  not write (an earlier run's, a save's), and the keep_checkpoints rotation deletes only files
+  that are still the ones it wrote.
 - In synchronous mode the SamplesPerInsertLimiter gates updates and gives the insert allowance
   that actors wait on (DESIGN §6); in realtime mode the learner runs as fast as it can once the
   buffer holds ``learning_starts`` transitions.
@@ -160,6 +163,7 @@ class Learner:
         self._pending_write: Future | None = None
         self._shadow: TD3 | None = None  # writer thread's copy, loaded from snapshots
         self._written: deque[tuple[Path, tuple[int, int]]] = deque()
+        self._told_exists = False
         self._rate = _RateMeter()
         # transitions/episodes are lifetime counts (a full load restores them); the limiter
         # compares the buffer's inserts with the updates done on this buffer's content
@@ -323,6 +327,15 @@ class Learner:
             return (f'checkpoint at update {counters["total_it"]} skipped: the previous write '
                     'is still running (raise checkpoint_every)')
         path = step_checkpoint_path(self.options.checkpoint_dir, counters['total_it'])
+        if path.exists() and path not in {p for p, _ in self._written}:
+            # a file of an earlier run (or a save): replacing it, and deleting it later in the
+            # keep_checkpoints rotation, would lose a checkpoint somebody may have been told of
+            if self._told_exists:
+                return None
+            self._told_exists = True
+            return (f'periodic checkpoint {path.name} skipped: the file exists (an earlier run '
+                    f'or a save wrote it) and is not replaced; so are later ones that exist '
+                    f'(said once)')
         future = self._writer.submit(self._write_snapshot, state, counters, path)
         future.add_done_callback(self._checkpoint_written)
         self._pending_write = future
