@@ -16,7 +16,7 @@ demo: setup
 test: setup
 	@$(ENV) && bash scripts/run_tests.sh $(PYTEST_ARGS)
 
-# fault-injection loops at full length (pytest -m stress; AV_TD3_STRESS_KILLS=60 by default)
+# fault-injection loops at full length (pytest -m stress; AV_TD3_STRESS_KILLS=50 by default)
 stress: setup
 	@$(ENV) && bash scripts/run_stress.sh $(PYTEST_ARGS)
 

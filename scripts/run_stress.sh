@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The stress tests (pytest -m stress) in long form, with run_tests.sh's DDS isolation.
-# AV_TD3_STRESS_KILLS: trainer processes SIGKILLed during checkpoint writes (default 60 here,
+# AV_TD3_STRESS_KILLS: trainer processes SIGKILLed during checkpoint writes (default 50 here,
 # 4 in the normal suite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,8 +9,8 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE=${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}
 export FASTDDS_BUILTIN_TRANSPORTS=${FASTDDS_BUILTIN_TRANSPORTS:-LARGE_DATA}
 export FASTDDS_DEFAULT_PROFILES_FILE=${FASTDDS_DEFAULT_PROFILES_FILE:-$PWD/av_td3_ros/config/fastdds.xml}
 export PYTHONUNBUFFERED=1
-export AV_TD3_STRESS_KILLS=${AV_TD3_STRESS_KILLS:-60}
+export AV_TD3_STRESS_KILLS=${AV_TD3_STRESS_KILLS:-50}
 echo "[stress] ROS_DOMAIN_ID=$ROS_DOMAIN_ID AV_TD3_STRESS_KILLS=$AV_TD3_STRESS_KILLS"
 cd av_td3_ros
-# pytest.ini's 600 s per-test timeout is for the normal suite; 60 kills take longer
+# pytest.ini's 600 s per-test timeout is for the normal suite; 50 kills take longer
 python -m pytest -m stress -s --timeout 1800 test "$@"

@@ -14,7 +14,7 @@ there, and the next start removes leftover temp files with a log line. At the en
 of another save is put beside a checkpoint: the node refuses the load.
 
 The number of kills is ``AV_TD3_STRESS_KILLS`` (default 4 in the normal suite; ``make stress``
-runs 60).
+runs 50).
 """
 
 from __future__ import annotations
@@ -141,13 +141,14 @@ def _check_directory(ckpt: Path, reported: dict[str, set[str]], config: TD3Confi
 
 def _check_pairing_refused(harness: RosHarness, ckpt: Path, node: str) -> None:
     """Put another save's replay file beside a checkpoint: the node must refuse the load."""
-    pairs = [p for p in sorted(ckpt.glob('*.pth'))
-             if (read_checkpoint(p).content.get('replay') or {}).get('file')
-             and p.with_name(p.stem + '.replay.npz').is_file()]
+    pairs = []
+    for pth in sorted(ckpt.glob('*.pth')):
+        name = (read_checkpoint(pth).content.get('replay') or {}).get('file')
+        if name and (ckpt / name).is_file():
+            pairs.append((pth, ckpt / name))
     assert len(pairs) >= 2, f'need two checkpoints with replay files, have {pairs}'
-    first, second = pairs[:2]
-    replay = first.with_name(first.stem + '.replay.npz')
-    replay.write_bytes(second.with_name(second.stem + '.replay.npz').read_bytes())
+    (first, replay), (_, other) = pairs[:2]
+    replay.write_bytes(other.read_bytes())
     answer = harness.call(LoadCheckpoint, f'/{node}/load_checkpoint',
                           LoadCheckpoint.Request(path=first.name))
     assert not answer.success
@@ -169,7 +170,7 @@ def test_sigkill_during_checkpoint_writes(tmp_path):
     answered: set[str] = set()   # every path the save service said it wrote
     last = None
     summary = {'kills': 0, 'verified_sha': 0, 'in_flight_loaded': 0, 'temps_seen': 0,
-               'temps_removed': 0, 'pairing_refused': 0, 'service_saves': 0, 'periodic': 0,
+               'temps_removed': 0, 'service_saves': 0, 'periodic': 0,
                'loaded_with_replay': 0}
     try:
         for round_ in range(KILLS + 1):
@@ -230,12 +231,10 @@ def test_sigkill_during_checkpoint_writes(tmp_path):
                 name = last['newest'].name
                 assert name in saver.requested or name.startswith('td3_step_'), (
                     f'{name} (sha256 {last["sha"][:12]}) matches no reported save')
-                assert last['refused'] is None or 'replay' in last['refused'], last['refused']
                 summary['in_flight_loaded'] += 1
-            if last['refused'] is not None:
-                assert 'does not match the checkpoint' in last['refused'] or (
-                    'is missing' in last['refused']), last['refused']
-                summary['pairing_refused'] += 1
+            # a save over an existing pair never replaces its replay file in place, so no
+            # kill leaves a checkpoint beside a replay file of another save
+            assert last['refused'] is None, f'{last["newest"].name}: {last["refused"]}'
     finally:
         harness.shutdown()
     print(f'\nkill stress: {summary}')
