@@ -13,4 +13,6 @@ export AV_TD3_STRESS_KILLS=${AV_TD3_STRESS_KILLS:-50}
 echo "[stress] ROS_DOMAIN_ID=$ROS_DOMAIN_ID AV_TD3_STRESS_KILLS=$AV_TD3_STRESS_KILLS"
 cd av_td3_ros
 # pytest.ini's 600 s per-test timeout is for the normal suite; 50 kills take longer
-python -m pytest -m stress -s --timeout 1800 test "$@"
+# A fixed base temp dir: the trainers' logs and checkpoints of the last run stay for a post-mortem
+# (pytest's numbered dirs are pruned by any later pytest run of the same user).
+python -m pytest -m stress -s --timeout 1800 --basetemp "${TMPDIR:-/tmp}/av_td3_stress" test "$@"

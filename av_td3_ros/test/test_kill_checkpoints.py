@@ -113,11 +113,17 @@ class Saver(threading.Thread):
             time.sleep(float(self.rng.uniform(0.0, 0.05)))
 
 
-def _check_directory(ckpt: Path, reported: dict[str, set[str]], config: TD3Config) -> dict:
+def _check_directory(ckpt: Path, reported: dict[str, set[str]], config: TD3Config,
+                     checked: set) -> dict:
     """Check what a kill left; return the facts for the next round and the summary."""
     temps = sorted(p.name for p in ckpt.iterdir() if p.name.endswith('.tmp'))
-    # no partial file under a checkpoint name, ever
+    # no partial file under a checkpoint name, ever (files unchanged since a check: skipped)
     for pth in ckpt.glob('*.pth'):
+        stat = pth.stat()
+        key = (pth.name, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if key in checked:
+            continue
+        checked.add(key)
         try:
             read_checkpoint(pth)
         except CheckpointError as exc:
@@ -168,6 +174,7 @@ def test_sigkill_during_checkpoint_writes(tmp_path):
     publisher = harness.client.create_publisher(Transition, '/av_td3/transitions', 100)
     reported: dict[str, set[str]] = {}   # path -> sha256 of every save that said it was done
     answered: set[str] = set()   # every path the save service said it wrote
+    checked: set = set()          # (name, inode, mtime, size) of files found complete
     last = None
     summary = {'kills': 0, 'verified_sha': 0, 'in_flight_loaded': 0, 'temps_seen': 0,
                'temps_removed': 0, 'service_saves': 0, 'periodic': 0,
@@ -222,7 +229,7 @@ def test_sigkill_during_checkpoint_writes(tmp_path):
             for path, _, sha in PERIODIC_LOG.findall(trainer.text()):
                 reported.setdefault(path, set()).add(sha)
                 summary['periodic'] += 1
-            last = _check_directory(ckpt, reported, config)
+            last = _check_directory(ckpt, reported, config, checked)
             summary['temps_seen'] += len(last['temps'])
             if last['verified']:
                 summary['verified_sha'] += 1
