@@ -5,7 +5,7 @@ ENV := source scripts/env.sh
 DEMO_MINUTES ?= 10
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test stress bench lint clean
 
 setup:
 	@bash scripts/setup.sh
@@ -15,6 +15,10 @@ demo: setup
 
 test: setup
 	@$(ENV) && bash scripts/run_tests.sh $(PYTEST_ARGS)
+
+# fault-injection loops at full length (pytest -m stress; AV_TD3_STRESS_KILLS=50 by default)
+stress: setup
+	@$(ENV) && bash scripts/run_stress.sh $(PYTEST_ARGS)
 
 bench: setup
 	@$(ENV) && python bench/run_bench.py

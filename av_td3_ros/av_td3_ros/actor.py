@@ -51,6 +51,13 @@ class Pose(NamedTuple):
     speed: float
 
 
+# Odometry beyond these is a broken message, not a pose: refused before it reaches the vector
+# (1e30 m would overflow the float32 observation to inf and the policy's action to NaN).
+MAX_ODOMETRY_POSITION_M = 1e8
+MAX_ODOMETRY_SPEED_MPS = 1e3
+MAX_QUATERNION_COMPONENT = 1e3   # unnormalised is fine; 1e200 overflows the yaw to NaN
+
+
 def pose_from_odometry(position: tuple[float, float, float],
                        orientation: tuple[float, float, float, float],
                        linear_velocity: tuple[float, float, float]) -> Pose:
@@ -59,12 +66,22 @@ def pose_from_odometry(position: tuple[float, float, float],
 
     Speed is twist.linear.x: the forward speed, the twist being in the vehicle (child) frame as
     REP-105 and carla-ros-bridge have it; the embedded simulator's gym env uses the same value.
-    Raises ObservationError for NaN/inf values or a zero quaternion.
+    Raises ObservationError for NaN/inf values, a zero or absurd quaternion, and positions or
+    speeds beyond MAX_ODOMETRY_POSITION_M / MAX_ODOMETRY_SPEED_MPS.
     """
     values = (*position, *orientation, *linear_velocity)
     if not all(math.isfinite(v) for v in values):
         raise ObservationError(f'odometry contains NaN or inf: {values}')
+    if max(abs(v) for v in position) > MAX_ODOMETRY_POSITION_M:
+        raise ObservationError(f'odometry position {tuple(position)} is beyond '
+                               f'{MAX_ODOMETRY_POSITION_M:g} m')
+    if max(abs(v) for v in linear_velocity) > MAX_ODOMETRY_SPEED_MPS:
+        raise ObservationError(f'odometry velocity {tuple(linear_velocity)} is beyond '
+                               f'{MAX_ODOMETRY_SPEED_MPS:g} m/s')
     qx, qy, qz, qw = orientation
+    if max(abs(v) for v in orientation) > MAX_QUATERNION_COMPONENT:
+        raise ObservationError(f'odometry orientation {tuple(orientation)} is not a rotation '
+                               f'quaternion')
     if qx * qx + qy * qy + qz * qz + qw * qw < 1e-12:
         raise ObservationError('odometry orientation is a zero quaternion')
     return Pose(float(position[0]), float(position[1]), yaw_from_quaternion(qx, qy, qz, qw),
@@ -280,7 +297,11 @@ class ActorCore:
         if brake_reason is None and pose is None:
             brake_reason = 'no odometry for this frame'
         if brake_reason is None:
-            vector, _ = build_vector(self.route, pose.x, pose.y, pose.yaw, pose.speed, self.spec)
+            try:
+                vector, _ = build_vector(self.route, pose.x, pose.y, pose.yaw, pose.speed,
+                                         self.spec)
+            except ObservationError as exc:
+                brake_reason = f'no usable observation: {exc}'
         if brake_reason is None and self._policy is None and not self.train:
             brake_reason = NO_POLICY_REASON
         inference_s = 0.0
@@ -292,7 +313,10 @@ class ActorCore:
             start = time.perf_counter()
             action = np.asarray(self._policy.act(stack, vector), dtype=np.float32).reshape(2)
             inference_s = time.perf_counter() - start
-            if self.train and self.exploration_noise > 0:
+            if not np.isfinite(action).all():   # never send NaN to a vehicle
+                brake_reason = f'the policy returned a non-finite action {action.tolist()}'
+                action = BRAKE_ACTION.copy()
+            elif self.train and self.exploration_noise > 0:
                 noise = self._rng.normal(0.0, self.exploration_noise * self.max_action, 2)
                 action = np.clip(action + noise, -self.max_action, self.max_action
                                  ).astype(np.float32)

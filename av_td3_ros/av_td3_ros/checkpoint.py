@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import datetime
+import glob
 import hashlib
 import io
 import numbers
@@ -47,6 +48,7 @@ import os
 from pathlib import Path
 import pickle
 import pickletools
+import re
 import socket
 from typing import Any
 import warnings
@@ -99,14 +101,25 @@ def replay_path_for(path: str | os.PathLike) -> Path:
 
 # ---------------------------------------------------------------------- saving
 
+def _replay_files_of(path: Path) -> list[Path]:
+    """Replay files a save of ``path`` may have written: ``<stem>[.<12 hex>].replay.npz``."""
+    pattern = re.compile(re.escape(path.stem) + r'(\.[0-9a-f]{12})?\.replay\.npz')
+    return [p for p in path.parent.glob(f'{glob.escape(path.stem)}.*replay.npz')
+            if pattern.fullmatch(p.name)]
+
+
 def save_checkpoint(path: str | os.PathLike, learner: TD3, replay: ReplayBuffer | None = None,
                     counters: dict | None = None) -> CheckpointInfo:
     """
     Write a v1 checkpoint atomically, with the replay buffer beside it if given.
 
-    Both files are fully written and fsynced under temp names before either replaces an
-    existing file, so a failed save leaves the previous pair intact. The replay file's sha256
-    is recorded in the checkpoint, so a load can tell a replay file of another save.
+    Both files are fully written and fsynced under temp names first, so a failed save leaves
+    the previous pair intact. The replay file's sha256 is recorded in the checkpoint, so a load
+    can tell a replay file of another save. The replay file is ``<stem>.replay.npz``, or, when
+    that name is taken (a save over an existing checkpoint), ``<stem>.<sha256[:12]>.replay.npz``:
+    never replacing the replay file of the checkpoint in place, the checkpoint's rename is the
+    one commit point, and a crash at any moment leaves either the old or the new pair. The
+    previous replay files of ``path`` are deleted after the commit.
     """
     path = Path(path).absolute()
     if not path.parent.is_dir():
@@ -117,7 +130,11 @@ def save_checkpoint(path: str | os.PathLike, learner: TD3, replay: ReplayBuffer 
         if replay is not None:
             replay_file = replay_path_for(path)
             staged.append(StagedFile(replay_file, replay.writer()))
-            replay_entry = {'file': replay_file.name, 'sha256': sha256_file(staged[0].tmp),
+            digest = sha256_file(staged[0].tmp)
+            if replay_file.exists():
+                replay_file = replay_file.with_name(f'{path.stem}.{digest[:12]}.replay.npz')
+                staged[0].path = replay_file
+            replay_entry = {'file': replay_file.name, 'sha256': digest,
                             'transitions': len(replay)}
         payload = {
             'format': FORMAT,
@@ -139,6 +156,10 @@ def save_checkpoint(path: str | os.PathLike, learner: TD3, replay: ReplayBuffer 
         raise
     for item in staged:   # replay first: a checkpoint never names a replay file not there
         item.commit()
+    keep = staged[0].path if replay is not None else None
+    for old in _replay_files_of(path):   # of the checkpoint this one replaced
+        if old != keep:
+            old.unlink(missing_ok=True)
     return CheckpointInfo(str(path), sha256_file(path), learner.total_it, 'v1')
 
 
@@ -422,6 +443,24 @@ def newest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
     return max(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
 
+def remove_stale_temp_files(checkpoint_dir: str | os.PathLike) -> list[Path]:
+    """
+    Delete the temp files of checkpoint writes that never finished; return what was removed.
+
+    StagedFile names them ``.<final name>.<random>.tmp``; only those of ``*.pth`` and
+    ``*.replay.npz`` files are touched. Call it at start, before this process writes: a temp
+    file is never picked as a checkpoint, but a killed save leaves one per file it was writing.
+    """
+    directory = Path(checkpoint_dir)
+    removed = []
+    for pattern in ('.*.pth.*.tmp', '.*.replay.npz.*.tmp'):
+        for path in directory.glob(pattern):
+            if path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return sorted(removed)
+
+
 # ---------------------------------------------------------------------- tools
 
 def inspect_checkpoint(path: str | os.PathLike) -> dict:
@@ -488,5 +527,5 @@ def convert_legacy(path: str | os.PathLike, out: str | os.PathLike) -> Checkpoin
 __all__ = [
     'FORMAT', 'POLICY_FORMAT', 'VERSION', 'CheckpointError', 'CheckpointInfo', 'convert_legacy',
     'export_policy_file', 'inspect_checkpoint', 'load_checkpoint', 'newest_checkpoint',
-    'read_checkpoint', 'replay_path_for', 'resolve_checkpoint_path', 'save_checkpoint',
-    'sha256_file']
+    'read_checkpoint', 'remove_stale_temp_files', 'replay_path_for', 'resolve_checkpoint_path',
+    'save_checkpoint', 'sha256_file']

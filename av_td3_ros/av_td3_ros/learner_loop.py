@@ -11,7 +11,10 @@ threading lives in one place and is testable without ROS:
   that is how a service call pauses the learner safely. Lock order is always model, then replay.
 - Every ``checkpoint_every`` updates the learner state is snapshotted under the model lock
   (cloned tensors, tens of milliseconds) and written by a writer thread, so disk I/O never
-  stalls the updates.
+  stalls the updates. Every write (``save()`` too) is queued on that one thread while the model
+  lock is held, so writes land in state order; a periodic write never replaces a file it did
+  not write (an earlier run's, a save's), and the keep_checkpoints rotation deletes only files
+  that are still the ones it wrote.
 - In synchronous mode the SamplesPerInsertLimiter gates updates and gives the insert allowance
   that actors wait on (DESIGN §6); in realtime mode the learner runs as fast as it can once the
   buffer holds ``learning_starts`` transitions.
@@ -182,7 +185,8 @@ class Learner:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix='checkpoint-writer')
         self._pending_write: Future | None = None
         self._shadow: TD3 | None = None  # writer thread's copy, loaded from snapshots
-        self._written: deque[Path] = deque()
+        self._written: deque[tuple[Path, tuple[int, int]]] = deque()
+        self._told_exists = False
         self._rate = _RateMeter()
         # transitions/episodes are lifetime counts (a full load restores them); the limiter
         # compares the buffer's inserts with the updates done on this buffer's content
@@ -203,11 +207,13 @@ class Learner:
         Add one transition (the fields of av_td3_interfaces/msg/Transition) to the buffer.
 
         Frames may come flat (a message's uint8[]) or shaped. Raises ValueError naming the
-        field for a wrong size or a non-finite value; nothing is stored then.
+        field for a wrong size, a non-finite value, an action outside [-max_action,
+        max_action] or a reward beyond float32; nothing is stored then.
         """
         shape = self.config.obs.image_shape
         frames = _frames('obs_frames', obs_frames, shape)
         frame = _frames('next_frame', next_frame, shape[1:])
+        _check_action_and_reward(action, reward, self.config.action_dim, self.config.max_action)
         with self._data_ready:
             self.replay.add(actor_id, int(episode_id), int(step), frames, obs_vector, action,
                             float(reward), frame, next_vector, bool(terminated), bool(truncated))
@@ -268,7 +274,7 @@ class Learner:
         Also broadcasts weights and schedules a checkpoint when their period comes round.
         Callable from any thread (the offline trainer calls it in its own loop).
         """
-        export = snapshot = None
+        export = snapshot = skipped = None
         with self._model_lock:
             with self._replay_lock:
                 if not self._can_sample_locked():
@@ -285,6 +291,9 @@ class Learner:
             every = self.config.checkpoint_every
             if every and total_it % every == 0:
                 snapshot = self._snapshot_locked()
+                # queued while the model lock is held: a save() of the same update (same
+                # default name) is queued after it and so is never overwritten by it
+                skipped = self._schedule_checkpoint(*snapshot)
         self._rate.add(total_it)
         unblocked = False
         with self._replay_lock:
@@ -297,8 +306,8 @@ class Learner:
             self._on_unblock()
         if export is not None and self._on_weights is not None:
             self._on_weights(export)
-        if snapshot is not None:
-            self._schedule_checkpoint(*snapshot)
+        if snapshot is not None and skipped and self._on_error is not None:
+            self._on_error(skipped)
         return True
 
     # ----------------------------------------------------------------------------- weights
@@ -330,22 +339,33 @@ class Learner:
         state['optimizers'] = copy.deepcopy(state['optimizers'])
         return state, self._counters_locked()
 
-    def _write_snapshot(self, state: dict, counters: dict[str, int], path: Path) -> CheckpointInfo:
+    def _write_snapshot(self, state: dict, counters: dict[str, int],
+                        path: Path) -> tuple[CheckpointInfo, tuple[int, int]]:
         if self._shadow is None:
             self._shadow = TD3(self.config)
         self._shadow.load_state_dict(state)
-        return save_checkpoint(path, self._shadow, None, counters)
+        info = save_checkpoint(path, self._shadow, None, counters)
+        return info, _file_identity(path)
 
-    def _schedule_checkpoint(self, state: dict, counters: dict[str, int]) -> None:
+    def _schedule_checkpoint(self, state: dict, counters: dict[str, int]) -> str | None:
+        """Queue a periodic write (model lock held); return why it was skipped, if it was."""
         if self._pending_write is not None and not self._pending_write.done():
-            if self._on_error is not None:
-                self._on_error(f'checkpoint at update {counters["total_it"]} skipped: the '
-                               'previous write is still running (raise checkpoint_every)')
-            return
+            return (f'checkpoint at update {counters["total_it"]} skipped: the previous write '
+                    'is still running (raise checkpoint_every)')
         path = step_checkpoint_path(self.options.checkpoint_dir, counters['total_it'])
+        if path.exists() and path not in {p for p, _ in self._written}:
+            # a file of an earlier run (or a save): replacing it, and deleting it later in the
+            # keep_checkpoints rotation, would lose a checkpoint somebody may have been told of
+            if self._told_exists:
+                return None
+            self._told_exists = True
+            return (f'periodic checkpoint {path.name} skipped: the file exists (an earlier run '
+                    f'or a save wrote it) and is not replaced; so are later ones that exist '
+                    f'(said once)')
         future = self._writer.submit(self._write_snapshot, state, counters, path)
         future.add_done_callback(self._checkpoint_written)
         self._pending_write = future
+        return None
 
     def _checkpoint_written(self, future: Future) -> None:
         exc = future.exception()
@@ -353,11 +373,17 @@ class Learner:
             if self._on_error is not None:
                 self._on_error(f'periodic checkpoint failed: {exc}')
             return
-        info = future.result()
-        self._written.append(Path(info.path))
+        info, identity = future.result()
+        self._written.append((Path(info.path), identity))
         while self.options.keep_checkpoints and len(self._written) > self.options.keep_checkpoints:
-            old = self._written.popleft()
-            old.unlink(missing_ok=True)
+            old, old_identity = self._written.popleft()
+            # only the file this writer wrote: a save() to the same name since replaced it
+            # (another inode), and what the save service reported must stay
+            try:
+                if _file_identity(old) == old_identity:
+                    old.unlink()
+            except FileNotFoundError:
+                pass
         if self._on_checkpoint is not None:
             self._on_checkpoint(info)
 
@@ -371,15 +397,19 @@ class Learner:
         and written by the writer thread (updates go on). With it, updates and inserts pause for
         the write so that networks, counters and buffer are one exactly resumable state.
         """
+        # Every write goes through the one writer thread, queued under the model lock, so
+        # writes to one name land in the order of the states they hold.
         with self._model_lock:
             if path is None:
                 path = step_checkpoint_path(self.options.checkpoint_dir, self.td3.total_it)
             if include_replay:
                 with self._replay_lock:
-                    return save_checkpoint(Path(path), self.td3, self.replay,
-                                           self._counters_locked(with_replay=True))
+                    return self._writer.submit(
+                        save_checkpoint, Path(path), self.td3, self.replay,
+                        self._counters_locked(with_replay=True)).result()
             state, counters = self._snapshot_locked()
-        return self._writer.submit(self._write_snapshot, state, counters, Path(path)).result()
+            future = self._writer.submit(self._write_snapshot, state, counters, Path(path))
+        return future.result()[0]
 
     def load(self, path: str | Path, weights_only: bool = False) -> CheckpointInfo:
         """
@@ -422,6 +452,36 @@ class Learner:
                                     if self.options.mode == 'synchronous' else 0.0),
                 insert_allowance=self._allowance_locked(),
                 actors={name: replace(tally) for name, tally in self._actors.items()})
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    """Return (inode, mtime_ns): tells the file a write put there from a later replacement."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+ACTION_TOLERANCE = 1e-5   # float32 rounding of a clipped action (float32(0.3) > 0.3)
+
+
+def _check_action_and_reward(action: Any, reward: Any, action_dim: int,
+                             max_action: float) -> None:
+    """Refuse what the buffer would store wrongly: out-of-range actions, float32-inf rewards."""
+    try:
+        values = np.asarray(action, dtype=np.float64).reshape(-1)
+        reward = float(reward)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f'action or reward is not numeric: {exc}') from None
+    if values.size != action_dim:
+        raise ValueError(f'action must have {action_dim} values, got {values.size}')
+    if not np.isfinite(values).all():
+        raise ValueError('action contains NaN or inf')
+    limit = max_action * (1.0 + ACTION_TOLERANCE)
+    if np.abs(values).max(initial=0.0) > limit:
+        raise ValueError(f'action {values.tolist()} is outside [-{max_action:g}, '
+                         f'{max_action:g}] (max_action)')
+    if not abs(reward) <= FLOAT32_MAX:   # also NaN; a larger one would be stored as inf
+        raise ValueError(f'reward must be finite in float32, got {reward}')
 
 
 def _frames(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:

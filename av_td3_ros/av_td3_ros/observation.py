@@ -247,6 +247,9 @@ def build_vector(route: Route, x: float, y: float, yaw: float, speed: float,
     vector[1] = state.lateral_deviation / spec.lateral_scale
     vector[2] = state.heading_error / math.pi
     vector[3:] = (local / spec.waypoint_scale).reshape(-1)
+    if not np.isfinite(vector).all():   # float32 overflow of an absurd pose or route
+        raise ObservationError(f'observation vector is not finite (pose x={x} y={y} v={speed} '
+                               f'too far from the route or too fast)')
     return vector, state
 
 

@@ -79,6 +79,11 @@ class Policy:
             except (KeyError, RuntimeError) as exc:
                 raise CheckpointError(f'{source}: {name} weights do not fit the architecture in '
                                       f'its config: {str(exc).splitlines()[0]}') from None
+            bad = [key for key, tensor in networks[name].items()
+                   if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+            if bad:   # a diverged learner's NaN would drive the vehicle with NaN controls
+                raise CheckpointError(f'{source}: {name} weights contain NaN or inf '
+                                      f'({", ".join(bad[:3])})')
             net.to(self.device).eval().requires_grad_(False)
         self.actor_cnn.channels_last = self.device.type == 'cpu'   # as the learner computes
 

@@ -7,7 +7,7 @@ import pickle
 from av_td3_ros import checkpoint as ckpt
 from av_td3_ros.checkpoint import (
     CheckpointError, inspect_checkpoint, load_checkpoint, newest_checkpoint, read_checkpoint,
-    replay_path_for, resolve_checkpoint_path, save_checkpoint)
+    replay_path_for, resolve_checkpoint_path, save_checkpoint, sha256_file)
 from av_td3_ros.config import TD3Config
 from av_td3_ros.policy import Policy
 from av_td3_ros.replay import Batch, ReplayBuffer
@@ -111,6 +111,43 @@ def test_replay_is_saved_beside_and_checked(tmp_path):
     with pytest.raises(CheckpointError, match='does not match'):
         load_checkpoint(path, target, target_replay)
     assert _equal(target.state_dict(), before) and len(target_replay) == 0
+
+
+def _replay_of(seed: int) -> ReplayBuffer:
+    replay = ReplayBuffer(16, CFG.obs)
+    rng = np.random.default_rng(seed)
+    for step in range(3):
+        replay.add('a', 0, step, rng.integers(0, 256, (4, 84, 84), dtype=np.uint8),
+                   np.zeros(53), [0.0, 0.0], 0.0, rng.integers(0, 256, (84, 84), np.uint8),
+                   np.zeros(53), False, False)
+    return replay
+
+
+def test_a_save_over_a_pair_never_replaces_its_replay_file_in_place(tmp_path):
+    """
+    Saving over an existing checkpoint + replay: the new replay file gets a name of its own.
+
+    So until the checkpoint's rename (the one commit point) the old pair is whole on disk: a
+    crash between the two renames (replay file, then checkpoint) leaves the old checkpoint
+    with its own replay file, not with the new one (which the load would refuse).
+    """
+    path = tmp_path / 'same.pth'
+    names = []
+    for seed in range(3):
+        save_checkpoint(path, _trained(), _replay_of(seed))
+        entry = torch.load(path, weights_only=True)['replay']
+        names.append(entry['file'])
+        old_pair_replays = [p.name for p in tmp_path.glob('*.replay.npz')]
+        assert old_pair_replays == [entry['file']], 'the replaced pair left its replay file'
+        assert sha256_file(tmp_path / entry['file']) == entry['sha256']
+        load_checkpoint(path, TD3(CFG), ReplayBuffer(16, CFG.obs))
+    assert names[0] == 'same.replay.npz' and names[1] != names[0] and names[2] == names[0]
+    # what a crash before the checkpoint's rename leaves: the old pair still loads
+    before = path.read_bytes()
+    staged_name = tmp_path / names[1]
+    _replay_of(9).save(staged_name)   # the next save's replay, under its own name
+    assert path.read_bytes() == before
+    load_checkpoint(path, TD3(CFG), ReplayBuffer(16, CFG.obs))
 
 
 def test_incompatible_architecture_is_refused_unchanged(tmp_path):

@@ -20,7 +20,8 @@ from av_td3_interfaces.msg import PolicyWeights, TrainerStats, Transition
 from av_td3_interfaces.srv import LoadCheckpoint, SaveCheckpoint
 from av_td3_ros.bags import BagError, STORAGES, TransitionBagWriter
 from av_td3_ros.checkpoint import (
-    CheckpointError, CheckpointInfo, newest_checkpoint, resolve_checkpoint_path)
+    CheckpointError, CheckpointInfo, newest_checkpoint, remove_stale_temp_files,
+    resolve_checkpoint_path)
 from av_td3_ros.config import TD3Config
 from av_td3_ros.learner_loop import (
     Learner, LearnerOptions, LearnerStats, MODES, TensorBoardLog,
@@ -89,6 +90,12 @@ class TrainerNode(Node):
         self.config = self._read_config()
         self.checkpoint_dir = Path(self._param('checkpoint_dir')).expanduser().resolve()
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        # a save killed half way (SIGKILL, power loss) leaves its temp files behind
+        removed = remove_stale_temp_files(self.checkpoint_dir)
+        if removed:
+            self.get_logger().warning(
+                f'removed {len(removed)} leftover temp file(s) of interrupted checkpoint '
+                f'writes in {self.checkpoint_dir}: {", ".join(p.name for p in removed[:5])}')
         self.allowed_dirs = [d for d in self._string_list('allowed_checkpoint_dirs') if d]
         self.stats_period = self._param('stats_period')
         self._version_published = 0
@@ -293,7 +300,8 @@ class TrainerNode(Node):
             self._tensorboard.write(stats)
 
     def _on_checkpoint(self, info: CheckpointInfo) -> None:
-        self.get_logger().info(f'checkpoint {info.path} (update {info.total_it})')
+        self.get_logger().info(
+            f'checkpoint {info.path} (update {info.total_it}, sha256 {info.sha256})')
 
     def _on_learner_error(self, message: str) -> None:
         self.get_logger().error(message)
@@ -330,7 +338,8 @@ class TrainerNode(Node):
         response.path = str(info.path)
         response.total_it = int(info.total_it)
         response.sha256 = info.sha256
-        self.get_logger().info(f'saved {info.path} (update {info.total_it})')
+        self.get_logger().info(
+            f'saved {info.path} (update {info.total_it}, sha256 {info.sha256})')
         return response
 
     def _load_checkpoint(self, request: LoadCheckpoint.Request,

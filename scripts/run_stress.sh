@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The stress tests (pytest -m stress) in long form, with run_tests.sh's DDS isolation.
+# AV_TD3_STRESS_KILLS: trainer processes SIGKILLed during checkpoint writes (default 50 here,
+# 4 in the normal suite).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$(( (RANDOM % 100) + 1 ))}
+export ROS_AUTOMATIC_DISCOVERY_RANGE=${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}
+export FASTDDS_BUILTIN_TRANSPORTS=${FASTDDS_BUILTIN_TRANSPORTS:-LARGE_DATA}
+export FASTDDS_DEFAULT_PROFILES_FILE=${FASTDDS_DEFAULT_PROFILES_FILE:-$PWD/av_td3_ros/config/fastdds.xml}
+export PYTHONUNBUFFERED=1
+export AV_TD3_STRESS_KILLS=${AV_TD3_STRESS_KILLS:-50}
+echo "[stress] ROS_DOMAIN_ID=$ROS_DOMAIN_ID AV_TD3_STRESS_KILLS=$AV_TD3_STRESS_KILLS"
+cd av_td3_ros
+# pytest.ini's 600 s per-test timeout is for the normal suite; 50 kills take longer
+# A fixed base temp dir: the trainers' logs and checkpoints of the last run stay for a post-mortem
+# (pytest's numbered dirs are pruned by any later pytest run of the same user).
+python -m pytest -m stress -s --timeout 1800 --basetemp "${TMPDIR:-/tmp}/av_td3_stress" test "$@"
