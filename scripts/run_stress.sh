@@ -10,7 +10,10 @@ export FASTDDS_BUILTIN_TRANSPORTS=${FASTDDS_BUILTIN_TRANSPORTS:-LARGE_DATA}
 export FASTDDS_DEFAULT_PROFILES_FILE=${FASTDDS_DEFAULT_PROFILES_FILE:-$PWD/av_td3_ros/config/fastdds.xml}
 export PYTHONUNBUFFERED=1
 export AV_TD3_STRESS_KILLS=${AV_TD3_STRESS_KILLS:-50}
-echo "[stress] ROS_DOMAIN_ID=$ROS_DOMAIN_ID AV_TD3_STRESS_KILLS=$AV_TD3_STRESS_KILLS"
+# AV_TD3_STRESS_STARTS: starts of the three-process training graph in a random order with random
+# delays, each checked for transitions within 20 s (default 100 here, 3 in the normal suite).
+export AV_TD3_STRESS_STARTS=${AV_TD3_STRESS_STARTS:-100}
+echo "[stress] ROS_DOMAIN_ID=$ROS_DOMAIN_ID AV_TD3_STRESS_KILLS=$AV_TD3_STRESS_KILLS AV_TD3_STRESS_STARTS=$AV_TD3_STRESS_STARTS"
 cd av_td3_ros
 # pytest.ini's 600 s per-test timeout is for the normal suite; 50 kills take longer
 # A fixed base temp dir: the trainers' logs and checkpoints of the last run stay for a post-mortem

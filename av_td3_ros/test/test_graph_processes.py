@@ -126,6 +126,7 @@ def test_training_graph_in_separate_processes_learns_and_saves(harness, tmp_path
     assert 'Traceback' not in log, log[-3000:]
 
 
+@pytest.mark.stress
 def test_any_start_order_and_delay_trains(harness, tmp_path):
     rng = random.Random(int(os.environ.get('AV_TD3_STRESS_SEED', '1')))
     watcher = Watcher(harness)
