@@ -14,6 +14,7 @@ bench/bench_fleet.py``.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -55,8 +56,7 @@ def _measure(n_actors: int) -> dict:
                              QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
     threading.Thread(target=rclpy.spin, args=(node,), daemon=True).start()
     graph = ProcessBringup('train_sim', overrides={'av_td3_trainer': TRAINER},
-                           roles=actor_roles(n_actors, 'bench_car'),
-                           output=open(os.devnull, 'w'))
+                           roles=actor_roles(n_actors, 'bench_car'), output=io.StringIO())
     graph.start()
     try:
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -64,14 +64,15 @@ def gym_steps_per_s(steps: int = GYM_STEPS) -> tuple[float, float]:
 def _trivial_controller():
     """A node answering each camera frame with a stamped control; ``arrivals`` times the frames."""
     from av_td3_interfaces.msg import VehicleControl
+    from av_td3_ros.topics import VehicleTopics
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
     node = Node('bench_trivial_controller')
     reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    pub = node.create_publisher(VehicleControl, '/carla/ego_vehicle/vehicle_control_cmd',
-                                reliable)
+    topics = VehicleTopics()
+    pub = node.create_publisher(VehicleControl, topics.control, reliable)
     node.arrivals = []
 
     def on_image(msg: Image) -> None:
@@ -80,7 +81,7 @@ def _trivial_controller():
         control.header.stamp = msg.header.stamp
         pub.publish(control)
 
-    node.create_subscription(Image, '/carla/ego_vehicle/rgb_front/image', on_image,
+    node.create_subscription(Image, topics.image, on_image,
                              QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
     return node
 

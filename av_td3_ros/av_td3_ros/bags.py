@@ -26,6 +26,7 @@ from av_td3_ros.actor import (
     ActorCore, BRAKE_ACTION, Feedback, OdometryBuffer, PolicyLike, Pose, pose_from_odometry,
     route_from_points, StepResult, TransitionData)
 from av_td3_ros.observation import ObservationError, ObservationSpec
+from av_td3_ros.topics import TRANSITIONS, VehicleTopics
 import numpy as np
 from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.interfaces import (
@@ -36,7 +37,7 @@ from rosbags.typesys.store import Typestore
 import yaml
 
 INTERFACES_PACKAGE = 'av_td3_interfaces'
-TRANSITIONS_TOPIC = '/av_td3/transitions'
+TRANSITIONS_TOPIC = TRANSITIONS
 TRANSITION_TYPE = 'av_td3_interfaces/msg/Transition'
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
 ODOMETRY_TYPE = 'nav_msgs/msg/Odometry'
@@ -534,15 +535,18 @@ def bag_info(path: str | Path, distro: str | None = None) -> BagInfo:
 # Raw driving topics -> the actor's observation path
 
 
+_DEFAULT = VehicleTopics()
+
+
 @dataclass(frozen=True)
 class RawTopics:
     """Topic names of a recorded drive (DESIGN §4 defaults; every one can be remapped)."""
 
-    image: str = '/carla/ego_vehicle/rgb_front/image'
-    odometry: str = '/carla/ego_vehicle/odometry'
-    waypoints: str = '/carla/ego_vehicle/waypoints'
-    control: str = '/carla/ego_vehicle/vehicle_control_cmd'
-    feedback: str = '/av_td3/step_feedback'
+    image: str = _DEFAULT.image
+    odometry: str = _DEFAULT.odometry
+    waypoints: str = _DEFAULT.waypoints
+    control: str = _DEFAULT.control
+    feedback: str = _DEFAULT.step_feedback
 
     def required(self, with_feedback: bool) -> dict[str, tuple[str, ...]]:
         """Topic -> accepted types, for ``BagReader.require``."""

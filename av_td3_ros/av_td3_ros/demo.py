@@ -38,6 +38,7 @@ from typing import Any
 from av_td3_interfaces.msg import StepFeedback, TrainerStats, Transition
 from av_td3_interfaces.srv import SaveCheckpoint
 from av_td3_ros.nodes.bringup import Bringup, config_dir
+from av_td3_ros.topics import TRAINER_STATS, TRANSITIONS, VehicleTopics
 import numpy as np
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -99,11 +100,11 @@ class DemoMonitor(Node):
         self._last_key: tuple[int, int] | None = None
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
                               reliability=ReliabilityPolicy.RELIABLE)
-        self.create_subscription(StepFeedback, '/av_td3/step_feedback', self._on_feedback,
+        self.create_subscription(StepFeedback, VehicleTopics().step_feedback, self._on_feedback,
                                  reliable)
-        self.create_subscription(TrainerStats, '/av_td3_trainer/stats', self._on_stats, 10)
+        self.create_subscription(TrainerStats, TRAINER_STATS, self._on_stats, 10)
         self.save_client = self.create_client(SaveCheckpoint, '/av_td3_trainer/save_checkpoint')
-        self.transitions = self.create_publisher(Transition, '/av_td3/transitions', reliable)
+        self.transitions = self.create_publisher(Transition, TRANSITIONS, reliable)
 
     def _on_feedback(self, msg: StepFeedback) -> None:
         with self._lock:

@@ -14,6 +14,7 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from av_td3_ros.nodes.dds import dds_environment
+from av_td3_ros.topics import VehicleTopics
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
@@ -21,14 +22,15 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
+_DEFAULT = VehicleTopics()
 # launch argument -> (the node's topic it remaps, description)
 TOPICS = {
-    'image_topic': ('/carla/ego_vehicle/rgb_front/image',
+    'image_topic': (_DEFAULT.image,
                     'camera image (sensor_msgs/Image: bgra8, bgr8, rgb8, rgba8 or mono8)'),
-    'odometry_topic': ('/carla/ego_vehicle/odometry', 'ego odometry (nav_msgs/Odometry)'),
-    'waypoints_topic': ('/carla/ego_vehicle/waypoints',
+    'odometry_topic': (_DEFAULT.odometry, 'ego odometry (nav_msgs/Odometry)'),
+    'waypoints_topic': (_DEFAULT.waypoints,
                         'route (nav_msgs/Path, transient-local, same frame as the odometry)'),
-    'control_topic': ('/carla/ego_vehicle/vehicle_control_cmd',
+    'control_topic': (_DEFAULT.control,
                       'vehicle control out (type set by control_output)'),
 }
 

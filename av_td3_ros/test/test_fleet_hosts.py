@@ -207,4 +207,3 @@ def test_two_actor_hosts_feed_one_trainer_and_recover_from_a_link_cut(workdir):
                     process.send_signal(signal.SIGINT)
             codes = {host: process.wait(timeout=60) for host, process in bringups.items()}
         assert codes == dict.fromkeys(bringups, 0), f'{codes}\n{logs_tail()}'
-

@@ -24,6 +24,7 @@ from av_td3_ros.baseline import (BaselineConfig, EpisodeStats, evaluate, PurePur
                                  summarize)
 from av_td3_ros.observation import (action_to_control, build_vector, ObservationError,
                                     ObservationSpec, Route, yaw_from_quaternion)
+from av_td3_ros.topics import VehicleTopics
 from nav_msgs.msg import Odometry, Path
 import numpy as np
 import rclpy
@@ -32,11 +33,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-IMAGE_TOPIC = '/carla/ego_vehicle/rgb_front/image'
-ODOMETRY_TOPIC = '/carla/ego_vehicle/odometry'
-WAYPOINTS_TOPIC = '/carla/ego_vehicle/waypoints'
-FEEDBACK_TOPIC = '/av_td3/step_feedback'
-CONTROL_TOPIC = '/carla/ego_vehicle/vehicle_control_cmd'
+TOPICS = VehicleTopics()
 
 
 def run_gym(episodes: int, scenario: int, seed: int, track_seed: int, gap_sensor: bool,
@@ -103,11 +100,11 @@ class BaselineNode(Node):
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self._pub = self.create_publisher(VehicleControl, CONTROL_TOPIC, reliable)
-        self.create_subscription(Path, WAYPOINTS_TOPIC, self._on_path, latched)
-        self.create_subscription(Odometry, ODOMETRY_TOPIC, self._on_odometry, reliable)
-        self.create_subscription(StepFeedback, FEEDBACK_TOPIC, self._on_feedback, reliable)
-        self.create_subscription(Image, IMAGE_TOPIC, self._on_image,
+        self._pub = self.create_publisher(VehicleControl, TOPICS.control, reliable)
+        self.create_subscription(Path, TOPICS.waypoints, self._on_path, latched)
+        self.create_subscription(Odometry, TOPICS.odometry, self._on_odometry, reliable)
+        self.create_subscription(StepFeedback, TOPICS.step_feedback, self._on_feedback, reliable)
+        self.create_subscription(Image, TOPICS.image, self._on_image,
                                  QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
 
     @property
