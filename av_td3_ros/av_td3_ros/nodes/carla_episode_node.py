@@ -30,7 +30,7 @@ from av_td3_interfaces.msg import StepFeedback
 from av_td3_ros.carla_episode import (
     CarlaEpisode, CarlaEpisodeConfig, CarlaSetupError, CollisionRecord, EpisodePlan, FrameSync,
     LaneInvasionRecord, OdometrySample, RoutePlanningError, StepOutcome)
-from av_td3_ros.nodes.executor import PooledExecutor
+from av_td3_ros.nodes.executor import PooledExecutor, spin_until_shutdown
 from av_td3_ros.observation import yaw_from_quaternion
 from av_td3_ros.reward import load_reward_weights, TERM_NAMES
 from av_td3_ros.topics import DEFAULT_ROLE, VehicleTopics
@@ -419,7 +419,7 @@ def main(args: list[str] | None = None) -> int:
         node = CarlaEpisodeNode(carla, carla_msgs)
         executor = PooledExecutor(num_threads=2)
         executor.add_node(node)
-        executor.spin()
+        spin_until_shutdown(executor)
     except (ValueError, ParameterException) as exc:
         print(f'{NODE_NAME}: {exc}', file=sys.stderr)
         return 2

@@ -23,7 +23,7 @@ import threading
 from typing import Any
 
 from rclpy.executors import (
-    ConditionReachedException, ExternalShutdownException, MultiThreadedExecutor,
+    ConditionReachedException, Executor, ExternalShutdownException, MultiThreadedExecutor,
     ShutdownException, TimeoutException)
 
 # how long the spin loop sleeps when the task it was given is still queued (all pool threads busy);
@@ -68,3 +68,21 @@ class PooledExecutor(MultiThreadedExecutor):
             if future.done():
                 self._futures.remove(future)
                 future.result()  # re-raise a callback's exception on the spin thread
+
+
+def spin_until_shutdown(executor: Executor) -> None:
+    """
+    Spin until the context shuts down (SIGINT/SIGTERM: rclpy's handlers shut it down).
+
+    A callback that fails because the context went down under it (rclpy raises e.g. "Unable to
+    convert call argument" from ``take_message`` in that race) is part of the shutdown, not a
+    crash: a node stopped by its launcher then exits 0. Any error while the context is up is
+    raised.
+    """
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception:
+        if executor.context.ok():
+            raise

@@ -39,6 +39,7 @@ from av_td3_ros.checkpoint import (
 from av_td3_ros.image_cdr import (
     RawImage, read_image, SerializedImageError, UnsupportedEncapsulation)
 from av_td3_ros.nodes.allocator import keep_large_buffers
+from av_td3_ros.nodes.executor import spin_until_shutdown
 from av_td3_ros.observation import action_to_control, ObservationError
 from av_td3_ros.policy import Policy
 from av_td3_ros.topics import (
@@ -841,7 +842,7 @@ def main(args=None) -> int:
             return 1
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        spin_until_shutdown(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except rclpy.exceptions.ParameterException as exc:   # a value of the wrong type or range

@@ -27,6 +27,7 @@ import time
 
 from av_td3_interfaces.msg import StepFeedback, VehicleControl
 from av_td3_ros.nodes.allocator import keep_large_buffers
+from av_td3_ros.nodes.executor import spin_until_shutdown
 from av_td3_ros.reward import compute_reward, load_reward_weights, RewardResult, TERM_NAMES
 from av_td3_ros.sim.render import CameraConfig
 from av_td3_ros.sim.world import Control, SCENARIO_NPCS, World
@@ -37,7 +38,7 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
                                 ParameterType)
 import rclpy
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
@@ -418,7 +419,9 @@ def main(args=None) -> None:
     node = None
     try:
         node = SimNode()
-        rclpy.spin(node)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        spin_until_shutdown(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (ValueError, ParameterException) as exc:   # bad parameters: one clear line

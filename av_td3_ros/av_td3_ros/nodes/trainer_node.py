@@ -27,7 +27,7 @@ from av_td3_ros.learner_loop import (
     Learner, LearnerOptions, LearnerStats, MODES, TensorBoardLog,
     WeightsUpdate)
 from av_td3_ros.nodes.allocator import keep_large_buffers
-from av_td3_ros.nodes.executor import PooledExecutor
+from av_td3_ros.nodes.executor import PooledExecutor, spin_until_shutdown
 from av_td3_ros.observation import ObservationSpec
 from av_td3_ros.topics import POLICY_WEIGHTS, TRANSITIONS
 from rcl_interfaces.msg import (
@@ -389,7 +389,7 @@ def main(args: list[str] | None = None) -> None:
         node = TrainerNode()
         executor = PooledExecutor(num_threads=max(4, (os.cpu_count() or 2)))
         executor.add_node(node)
-        executor.spin()
+        spin_until_shutdown(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (ValueError, CheckpointError, ParameterException) as exc:
