@@ -30,10 +30,12 @@ def prepare_image(image: torch.Tensor, channels_last: bool = False) -> torch.Ten
     """
     if image.is_floating_point():
         return image
-    # uint8 -> float in NCHW, then one float transpose: measured ~3x faster on this CPU than a
-    # direct uint8 NCHW -> float NHWC conversion.
-    image = image.to(torch.float32)
-    return image.contiguous(memory_format=torch.channels_last) if channels_last else image
+    # Transpose the uint8 frames (a quarter of the float bytes), then convert densely: one float
+    # allocation per batch, measured here ~1.5x faster than converting then transposing floats
+    # (a replay batch's stacks are strided views of its 5-frame gather).
+    if channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    return image.to(torch.float32)
 
 
 class _ImageEncoder(nn.Module):
