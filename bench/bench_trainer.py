@@ -7,9 +7,11 @@ extractors, MLP heads [256, 256]), batch 256 and the process's torch thread sett
 ``MultiInputPolicy`` as shipped (fp32); ours runs the default TD3Config (gradient clipping on,
 precision ``auto``: bf16 autocast of the CNNs on a CPU with native bf16, fp32 elsewhere), and once
 more in plain fp32 to show what the precision choice contributes.
-Rounds alternate between the two so that load from other processes hits both alike; each
-figure is the median over rounds (the ratio: median of the per-round ratios), after a warm-up of
-a few seconds each.
+Rounds rotate between the three (ours, ours fp32, SB3) so that load from other processes hits
+all alike; each figure is the median over rounds (the ratios: medians of the per-round ratios),
+after a warm-up of a few seconds each. The results name the CPU flags that decide the CNNs'
+speed, the kernel levels in force (``ATEN_CPU_CAPABILITY`` and ``ONEDNN_MAX_CPU_ISA`` can hold an
+AVX-512 CPU to AVX2) and the precision each figure ran with.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 
 from av_td3_ros.config import TD3Config
 from av_td3_ros.replay import ReplayBuffer
-from av_td3_ros.td3 import TD3
+from av_td3_ros.td3 import cpu_kernel_limits, TD3
 import gymnasium as gym
 import numpy as np
 import torch
@@ -101,42 +103,67 @@ def _rate(run_updates, seconds: float) -> float:
     return done / (time.perf_counter() - start)
 
 
+def cpu_flags() -> dict:
+    """The CPU's flags that decide the CNNs' speed (Linux /proc/cpuinfo, else torch's cpuinfo)."""
+    names = ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16')
+    try:
+        with open('/proc/cpuinfo') as f:
+            flags = next(line for line in f if line.startswith('flags')).split(':')[1].split()
+        return {name: name in flags for name in names}
+    except (OSError, StopIteration):
+        return {'avx2': torch.cpu._is_avx2_supported(),
+                'avx512f': torch.cpu._is_avx512_supported(),
+                'avx512_bf16': torch.cpu._is_avx512_bf16_supported(),
+                'amx_bf16': torch.cpu._is_amx_tile_supported()}
+
+
 def run() -> dict:
     """Measure both learners; return the figures for bench/results.json."""
     learner, replay = _ours()
+    fp32_learner, fp32_replay = _ours('fp32')   # what the default's precision choice is worth
     model = _sb3()
 
-    def ours_chunk() -> int:
-        learner.train(replay, 2)   # metrics are read once per chunk, as the trainer does
-        return 2
+    def chunk(td3: TD3, buffer: ReplayBuffer):
+        def run_chunk() -> int:
+            td3.train(buffer, 2)   # metrics are read once per chunk, as the trainer does
+            return 2
+        return run_chunk
 
     def sb3_chunk() -> int:
         model.train(gradient_steps=2, batch_size=BATCH)
         return 2
 
-    _rate(ours_chunk, WARMUP_SECONDS)
-    _rate(sb3_chunk, WARMUP_SECONDS)
-    ours, peer = [], []
+    chunks = {'ours': chunk(learner, replay), 'fp32': chunk(fp32_learner, fp32_replay),
+              'sb3': sb3_chunk}
+    for run_chunk in chunks.values():
+        _rate(run_chunk, WARMUP_SECONDS)
+    rates = {name: [] for name in chunks}
     for _ in range(ROUNDS):
-        ours.append(_rate(ours_chunk, ROUND_SECONDS))
-        peer.append(_rate(sb3_chunk, ROUND_SECONDS))
-    trainer = statistics.median(ours)
-    sb3 = statistics.median(peer)
-    # plain fp32, measured once: what the default's precision choice is worth here
-    fp32_learner, fp32_replay = _ours('fp32')
-    fp32 = _rate(lambda: (fp32_learner.train(fp32_replay, 2), 2)[1], ROUND_SECONDS)
-    return {
-        'trainer_updates_per_s': round(trainer, 3),
-        'sb3_td3_updates_per_s': round(sb3, 3),
+        for name, run_chunk in chunks.items():
+            rates[name].append(_rate(run_chunk, ROUND_SECONDS))
+
+    def paired_ratio(name: str) -> float:
         # rounds run back to back share the machine's load: the median of paired ratios
-        'trainer_vs_sb3_ratio': round(statistics.median(
-            o / p for o, p in zip(ours, peer, strict=True)), 2),
+        return round(statistics.median(
+            o / p for o, p in zip(rates[name], rates['sb3'], strict=True)), 2)
+
+    capability, onednn_isa = cpu_kernel_limits()
+    return {
+        'trainer_updates_per_s': round(statistics.median(rates['ours']), 3),
+        'sb3_td3_updates_per_s': round(statistics.median(rates['sb3']), 3),
+        'trainer_vs_sb3_ratio': paired_ratio('ours'),
         'replay_bytes_per_transition': round(
             ReplayBuffer(1_000_000, learner.config.obs).bytes_per_transition(), 1),
-        'trainer_fp32_updates_per_s': round(fp32, 3),
+        'trainer_fp32_updates_per_s': round(statistics.median(rates['fp32']), 3),
+        'trainer_fp32_vs_sb3_ratio': paired_ratio('fp32'),
         'trainer_bench_precision': 'bf16' if learner.bf16 else 'fp32',
+        'trainer_fp32_bench_precision': 'bf16' if fp32_learner.bf16 else 'fp32',
+        'sb3_bench_precision': 'fp32',
         'trainer_bench_batch_size': BATCH,
         'trainer_bench_torch_threads': torch.get_num_threads(),
+        'trainer_bench_cpu_flags': cpu_flags(),
+        'trainer_bench_cpu_capability': capability,
+        'trainer_bench_onednn_max_isa': onednn_isa,
     }
 
 

@@ -30,10 +30,12 @@ def prepare_image(image: torch.Tensor, channels_last: bool = False) -> torch.Ten
     """
     if image.is_floating_point():
         return image
-    # uint8 -> float in NCHW, then one float transpose: measured ~3x faster on this CPU than a
-    # direct uint8 NCHW -> float NHWC conversion.
-    image = image.to(torch.float32)
-    return image.contiguous(memory_format=torch.channels_last) if channels_last else image
+    # Transpose the uint8 frames (a quarter of the float bytes), then convert densely: one float
+    # allocation per batch, measured here ~1.5x faster than converting then transposing floats
+    # (a replay batch's stacks are strided views of its 5-frame gather).
+    if channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    return image.to(torch.float32)
 
 
 class _ImageEncoder(nn.Module):
@@ -64,14 +66,17 @@ class NatureCNN(_ImageEncoder):
     def __init__(self, in_channels: int = 4, features_dim: int = 512,
                  image_scaling: str = 'zero_one', image_size: int = 84) -> None:
         super().__init__(image_scaling)
+        # In-place ReLUs (no parameters, so the state dict is unchanged): a convolution's or a
+        # linear layer's backward needs its input, not its output, so nothing saved is
+        # overwritten; this spares an activation-sized allocation and pass per layer.
         self.cnn = nn.Sequential(
-            nn.Conv2d(in_channels, 32, kernel_size=8, stride=4), nn.ReLU(),
-            nn.Conv2d(32, 64, kernel_size=4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 64, kernel_size=3, stride=1), nn.ReLU(),
+            nn.Conv2d(in_channels, 32, kernel_size=8, stride=4), nn.ReLU(inplace=True),
+            nn.Conv2d(32, 64, kernel_size=4, stride=2), nn.ReLU(inplace=True),
+            nn.Conv2d(64, 64, kernel_size=3, stride=1), nn.ReLU(inplace=True),
             nn.Flatten())
         with torch.no_grad():
             n_flat = self.cnn(torch.zeros(1, in_channels, image_size, image_size)).shape[1]
-        self.linear = nn.Sequential(nn.Linear(n_flat, features_dim), nn.ReLU())
+        self.linear = nn.Sequential(nn.Linear(n_flat, features_dim), nn.ReLU(inplace=True))
         self.features_dim = features_dim
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 from typing import Any
 
 from av_td3_ros import __version__
@@ -37,12 +38,28 @@ TARGETS = tuple(f'{name}_target' for name in NETWORKS)
 METRICS = ('critic_loss', 'actor_loss', 'q_mean')
 
 
+def cpu_kernel_limits() -> tuple[str, str]:
+    """
+    Return the CPU kernel levels in force: (ATen's capability, oneDNN's ISA cap).
+
+    ``ATEN_CPU_CAPABILITY`` and ``ONEDNN_MAX_CPU_ISA`` (read at start-up) can hold both below what
+    the CPU has, e.g. to measure an AVX2 CPU on an AVX-512 one; 'ALL' is oneDNN without a cap.
+    """
+    isa = os.environ.get('ONEDNN_MAX_CPU_ISA') or os.environ.get('DNNL_MAX_CPU_ISA') or 'ALL'
+    return torch.backends.cpu.get_cpu_capability(), isa.upper()
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 natively (a CPU with AVX-512 BF16 or AMX, or a GPU)."""
     if device.type == 'cuda':
         return torch.cuda.is_bf16_supported()
     if device.type == 'cpu':   # oneDNN emulates bf16 on other AVX-512 CPUs: slower than fp32
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        has_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        capability, isa = cpu_kernel_limits()
+        # ... and so it does when the kernels are held below AVX-512 BF16 (see cpu_kernel_limits)
+        isa_keeps_bf16 = (isa == 'ALL' or isa.startswith('AVX10')
+                          or any(ext in isa for ext in ('BF16', 'FP16', 'AMX')))
+        return has_bf16 and isa_keeps_bf16 and capability not in ('DEFAULT', 'NO AVX', 'AVX2')
     return False
 
 

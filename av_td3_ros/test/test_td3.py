@@ -184,10 +184,28 @@ def test_each_precision_trains_with_fp32_heads(precision):
 def test_auto_precision_is_bf16_only_where_the_cpu_has_it():
     cpu = torch.device('cpu')
     assert resolve_bf16('auto', cpu) == native_bf16(cpu)
-    assert native_bf16(cpu) == (torch.cpu._is_avx512_bf16_supported()
-                                or torch.cpu._is_amx_tile_supported())
+    if not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        assert not native_bf16(cpu)
     assert resolve_bf16('bf16', cpu) and not resolve_bf16('fp32', cpu)
     assert not resolve_bf16('auto', torch.device('cuda'))   # unmeasured there: fp32
+
+
+def test_auto_precision_follows_the_kernel_levels_in_force(monkeypatch):
+    """A CPU held to AVX2 (ATen capability or oneDNN ISA cap) has no native bf16: auto is fp32."""
+    cpu = torch.device('cpu')
+    monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: True)
+    monkeypatch.setattr(torch.backends.cpu, 'get_cpu_capability', lambda: 'AVX512')
+    monkeypatch.delenv('ONEDNN_MAX_CPU_ISA', raising=False)
+    monkeypatch.delenv('DNNL_MAX_CPU_ISA', raising=False)
+    assert native_bf16(cpu) and resolve_bf16('auto', cpu)
+    for isa, native in (('AVX2', False), ('avx512_core', False), ('AVX512_CORE_BF16', True),
+                        ('AVX512_CORE_AMX', True), ('ALL', True)):
+        monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', isa)
+        assert native_bf16(cpu) == native, isa
+    monkeypatch.delenv('ONEDNN_MAX_CPU_ISA')
+    monkeypatch.setattr(torch.backends.cpu, 'get_cpu_capability', lambda: 'AVX2')
+    assert not native_bf16(cpu) and not resolve_bf16('auto', cpu)
+    assert resolve_bf16('bf16', cpu)   # asked for explicitly, it is still used
 
 
 def test_load_state_dict_is_all_or_nothing():
