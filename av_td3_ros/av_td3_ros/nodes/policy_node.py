@@ -582,8 +582,12 @@ class PolicyNode(LifecycleNode):
             self.get_logger().warning(f'refused waypoints: {exc}',
                                       throttle_duration_sec=LOG_THROTTLE_S)
             return
-        self._core.set_route(route)
-        self.get_logger().info(f'route of {len(route)} waypoints ({route.length_m:.0f} m)')
+        change = self._core.set_route(route, self._odometry.latest)
+        if change.new_task:
+            self.get_logger().info(f'new route of {len(route)} waypoints '
+                                   f'({route.length_m:.0f} m), a new task: {change.reason}')
+        else:       # planners re-publish at up to 10 Hz: no log line for each
+            self.get_logger().debug(f'route of {len(route)} waypoints: {change.reason}')
 
     @_guarded()
     def _on_feedback(self, msg: StepFeedback) -> None:
