@@ -1,6 +1,8 @@
 """
-Actors only: N embedded simulator + policy (train mode) pairs, for the machines of a fleet
-that collect experience for one trainer elsewhere (trainer.launch.py).
+Actors only: N embedded simulator + policy (train mode) pairs.
+
+For the machines of a fleet that collect experience for one trainer elsewhere
+(trainer.launch.py).
 
     ros2 launch av_td3_ros actors_sim.launch.py actors:=2 role_prefix:=hostA_car
 
