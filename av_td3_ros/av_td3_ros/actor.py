@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import deque, OrderedDict
 from dataclasses import dataclass
 import hashlib
+import itertools
 import math
 import time
 from typing import NamedTuple, Protocol
@@ -137,7 +138,7 @@ class OdometryBuffer:
     def min_interval(self) -> int | None:
         """Return the shortest interval between the buffered stamps (None: fewer than two)."""
         stamps = sorted(self._poses)
-        gaps = [b - a for a, b in zip(stamps, stamps[1:]) if b > a]
+        gaps = [b - a for a, b in itertools.pairwise(stamps) if b > a]
         return min(gaps) if gaps else None
 
 

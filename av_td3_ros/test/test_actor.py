@@ -5,8 +5,8 @@ import math
 
 from av_td3_ros.actor import (
     ActorCore, BRAKE_ACTION, classify_route, Feedback, InsertBudget, NO_POLICY_REASON,
-    OdometryBuffer, Pose, pose_from_odometry, review_weights, RollingStats, route_from_points, stale_input_reason,
-    twist_from_control, TWIST_FULL_THROTTLE)
+    OdometryBuffer, Pose, pose_from_odometry, review_weights, RollingStats, route_from_points,
+    stale_input_reason, twist_from_control, TWIST_FULL_THROTTLE)
 from av_td3_ros.config import TD3Config
 from av_td3_ros.networks import build_actor, build_cnn
 from av_td3_ros.observation import (
@@ -215,8 +215,8 @@ def test_classify_route_continuations_and_new_tasks():
         'its start is 50.0 m': [(x, y + 50.0) for x, y in STRAIGHT],
         'its start is 30.0 m': [(x, 30.0 - 2.0 * i) for i, (x, _) in enumerate(STRAIGHT)],
         'against the current route': STRAIGHT[::-1],
-        'the vehicle is': [(x, y + 3.0) for x, y in STRAIGHT[:3]] + [(6.0, 3.0 + 2.0 * i)
-                                                                   for i in range(1, 20)],
+        'the vehicle is': ([(x, y + 3.0) for x, y in STRAIGHT[:3]] +
+                           [(6.0, 3.0 + 2.0 * i) for i in range(1, 20)]),
     }
     for why, points in new_tasks.items():
         result = change(points, POSE if why != 'the vehicle is' else Pose(60.0, 0.0, 0.0, 5.0))
