@@ -18,7 +18,6 @@ multi-threaded executor (bringup's PooledExecutor, the tests).
 from __future__ import annotations
 
 import array
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 import functools
 import os
@@ -27,26 +26,23 @@ import sys
 import threading
 import time
 
-from av_td3_interfaces.msg import (
-    PolicyWeights, StepFeedback, TrainerStats, Transition, VehicleControl)
+from av_td3_interfaces.msg import PolicyWeights, StepFeedback, TrainerStats, Transition
 from av_td3_interfaces.srv import LoadCheckpoint
 from av_td3_ros.actor import (
     ActorCore, BRAKE_ACTION, Feedback, InsertBudget, NO_POLICY_REASON, OdometryBuffer, Pose,
-    pose_from_odometry, review_weights, RollingStats, route_from_points, stale_input_reason,
-    StepResult, twist_from_control)
-from av_td3_ros.checkpoint import (
-    CheckpointError, newest_checkpoint, resolve_checkpoint_path)
+    pose_from_odometry, RollingStats, route_from_points, stale_input_reason, StepResult)
+from av_td3_ros.checkpoint import CheckpointError
+from av_td3_ros.control_output import (
+    CONTROL_OUTPUTS, control_builder, ns_to_stamp, stamp_to_ns)
 from av_td3_ros.image_cdr import (
     RawImage, read_image, SerializedImageError, UnsupportedEncapsulation)
 from av_td3_ros.nodes.allocator import keep_large_buffers
-from av_td3_ros.observation import action_to_control, ObservationError
-from av_td3_ros.policy import Policy
+from av_td3_ros.observation import ObservationError
+from av_td3_ros.policy_loader import build_policy, PolicyLoader, StagedPolicy
 from av_td3_ros.topics import (
     check_role_name, DEFAULT_ROLE, DIAGNOSTICS, POLICY_WEIGHTS, TRAINER_STATS, TRANSITIONS,
     VehicleTopics)
-from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Twist
 from nav_msgs.msg import Odometry, Path
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 import rclpy
@@ -63,7 +59,6 @@ import torch
 
 NODE_NAME = 'av_td3_policy'
 MODES = ('deploy', 'train')
-CONTROL_OUTPUTS = ('native', 'carla', 'twist')
 RELIABILITIES = ('reliable', 'best_effort')
 ODOMETRY_SYNCS = ('stamp', 'latest')
 
@@ -118,14 +113,6 @@ PARAMETERS: dict[str, tuple] = {
 }
 
 
-def stamp_to_ns(stamp: Time) -> int:
-    return stamp.sec * 1_000_000_000 + stamp.nanosec
-
-
-def ns_to_stamp(ns: int) -> Time:
-    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
-
-
 @dataclass(frozen=True)
 class Settings:
     """The validated parameters, read once per configure."""
@@ -150,17 +137,6 @@ class Settings:
     diagnostics_period: float
 
 
-@dataclass
-class _StagedPolicy:
-    """A policy built off the executor thread, waiting to be swapped in between frames."""
-
-    policy: Policy
-    version: int
-    source: str
-    total_it: int
-    sha256: str
-
-
 def _decode_image(serialized: bytes) -> RawImage:
     """Read a camera frame's bytes; rclpy decodes the (rare) encapsulations ours does not."""
     try:
@@ -170,15 +146,6 @@ def _decode_image(serialized: bytes) -> RawImage:
             return RawImage.from_message(deserialize_message(serialized, Image))
         except Exception as exc:  # whatever rclpy's decoder raises on bad bytes
             raise SerializedImageError(f'{unsupported}: {exc}') from exc
-
-
-def _review_and_build(msg: PolicyWeights, current: tuple[int, str] | None,
-                      device: str) -> tuple[str, Policy | None]:
-    """Review broadcast weights (hashing megabytes): (why, their policy or None if refused)."""
-    accept, why = review_weights(msg.format, msg.data, msg.sha256, msg.version, current)
-    if not accept:
-        return why, None
-    return why, Policy.from_export_bytes(msg.data.tobytes(), device=device)
 
 
 def _settle(future: Future, job) -> None:
@@ -232,14 +199,11 @@ class PolicyNode(LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs) -> None:
         # before the Node exists: a parameter refused while it is built still leaves a node
         # that rclpy's context destroys at shutdown, and destroy_node needs these
-        self._lock = threading.Lock()          # guards _staged and _current_weights
         self._busy = threading.RLock()         # held by inference callbacks and teardown
-        # loads and weights are read and built here (its thread starts with the first job)
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix='policy_loader')
+        self._loader = PolicyLoader()          # loads and weights are built on its thread
         super().__init__(node_name, **kwargs)
         for name, (default, _, _) in PARAMETERS.items():
             self.declare_parameter(name, default, _descriptor(name))
-        self._staged: _StagedPolicy | None = None
         self._settings: Settings | None = None
         self._core: ActorCore | None = None
         self._entities: list = []
@@ -305,41 +269,13 @@ class PolicyNode(LifecycleNode):
         except ParameterUninitializedException:
             return []          # only the statically typed, unset string array lands here
 
-    def _control_output(self, settings: Settings):
-        """Return (message type, builder(stamp_ns, action) -> message) for control_output."""
-        if settings.control_output == 'twist':
-            def build_twist(stamp_ns: int, action) -> Twist:
-                steer, throttle, brake = action_to_control(action)
-                msg = Twist()
-                msg.linear.x, msg.angular.z = twist_from_control(
-                    steer, throttle, brake, settings.twist_max_steer_angle)
-                return msg
-            return Twist, build_twist
-        if settings.control_output == 'carla':
-            try:
-                from carla_msgs.msg import CarlaEgoVehicleControl as control_type
-            except ImportError as exc:
-                raise ValueError(
-                    'control_output carla needs the carla_msgs package (carla-ros-bridge), '
-                    f'which is not installed here ({exc}); use native or twist, or source the '
-                    'CARLA ROS bridge workspace') from exc
-        else:
-            control_type = VehicleControl
-
-        def build(stamp_ns: int, action):
-            steer, throttle, brake = action_to_control(action)
-            msg = control_type()
-            msg.header.stamp = ns_to_stamp(stamp_ns)
-            msg.steer, msg.throttle, msg.brake = steer, throttle, brake
-            return msg
-        return control_type, build
-
     # -- lifecycle ----------------------------------------------------------------------------
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             settings = self._read_settings()
-            control_type, self._build_control = self._control_output(settings)
+            control_type, self._build_control = control_builder(
+                settings.control_output, settings.twist_max_steer_angle)
         except ValueError as exc:
             self.get_logger().error(f'configuration failed: {exc}')
             return TransitionCallbackReturn.FAILURE
@@ -351,10 +287,12 @@ class PolicyNode(LifecycleNode):
                                seed=settings.seed,
                                stamp_gap_reset_ns=int(settings.input_timeout * 1e9))
         self._reset_runtime_state()
-        self._policy_info: _StagedPolicy | None = None
+        self._policy_info: StagedPolicy | None = None
         self._load_error = ''
+        generation = self._loader.open(settings.checkpoint_dir, settings.allowed_dirs,
+                                       settings.device)
         if settings.checkpoint_path:
-            self._load_initial_checkpoint(settings)
+            self._load_initial_checkpoint(generation, settings.checkpoint_path)
         try:
             self._create_entities(settings, control_type)
         except Exception as exc:  # e.g. an invalid topic name: say so, stay unconfigured
@@ -376,7 +314,6 @@ class PolicyNode(LifecycleNode):
         self._held_control: tuple[int, object] | None = None           # waiting for the learner
         self._last_answer: tuple[int, object] | None = None            # (stamp, control)
         self._budget = InsertBudget()
-        self._current_weights: tuple[int, str] | None = None
         self._brake_reason: str | None = 'not active'
         self._image_stats = RollingStats()
         self._odometry_stats = RollingStats()
@@ -387,18 +324,16 @@ class PolicyNode(LifecycleNode):
                                       'transitions_published', 'watchdog_brakes',
                                       'frames_superseded', 'frames_repeated'), 0)
 
-    def _load_initial_checkpoint(self, settings: Settings) -> None:
+    def _load_initial_checkpoint(self, generation, checkpoint_path: str) -> None:
         """
         Load checkpoint_path (trusted configuration, unlike service requests).
 
         A failure does not fail the configuration: the node goes active and holds the vehicle
         with full brake, saying why, which is safer than leaving the vehicle uncommanded.
         """
-        path = settings.checkpoint_path
-        if not os.path.isabs(path):
-            path = os.path.join(settings.checkpoint_dir, path)
+        path = self._loader.initial_path(generation, checkpoint_path)
         try:
-            staged = self._build_policy(path, settings)
+            staged = build_policy(path, generation.device)
         except Exception as exc:  # any failure: report it, keep holding
             self._load_error = f'checkpoint_path {path} failed to load: {exc}'
             self.get_logger().error(self._load_error)
@@ -407,11 +342,6 @@ class PolicyNode(LifecycleNode):
         self._policy_info = staged
         self.get_logger().info(f'loaded {staged.source} (total_it {staged.total_it}, '
                                f'sha256 {staged.sha256[:12]})')
-
-    def _build_policy(self, path, settings: Settings) -> _StagedPolicy:
-        policy = Policy.load(path, device=settings.device)
-        return _StagedPolicy(policy, policy.version, str(path), policy.version,
-                             policy.sha256)
 
     def _create_entities(self, settings: Settings, control_type) -> None:
         """Create publishers, subscriptions and timers (kept for the cleanup)."""
@@ -482,14 +412,14 @@ class PolicyNode(LifecycleNode):
                 self._active = False
                 self._stop_vehicle()
             self._destroy_entities()
-        self._worker.shutdown(wait=False, cancel_futures=True)
+        self._loader.shutdown()
         return TransitionCallbackReturn.SUCCESS
 
     def destroy_node(self) -> None:
         """Stop the callbacks first, so that none publishes on a destroyed publisher."""
         with self._busy:
             self._active = False
-        self._worker.shutdown(wait=False, cancel_futures=True)
+        self._loader.shutdown()
         super().destroy_node()
 
     def _stop_vehicle(self) -> None:
@@ -508,9 +438,8 @@ class PolicyNode(LifecycleNode):
             destroy(entity)
         self._entities = []
         self._core = None
-        with self._lock:      # a load finishing after this cleanup must not stage its policy
-            self._settings = None
-            self._staged = None
+        self._settings = None
+        self._loader.close()    # a load finishing after this cleanup must not stage its policy
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -606,36 +535,31 @@ class PolicyNode(LifecycleNode):
 
     async def _on_weights(self, msg: PolicyWeights) -> None:
         """Review and build the broadcast policy on the worker thread; swap it in later."""
-        settings = self._settings
-        if settings is None:
+        generation = self._loader.generation
+        if generation is None:
             return
-        with self._lock:
-            current = self._current_weights
         try:
-            why, policy = await self._in_worker(_review_and_build, msg, current, settings.device)
+            why, staged = await self._in_worker(
+                self._loader.review_weights, msg.format, msg.data.tobytes(), msg.sha256,
+                msg.version, msg.total_it, POLICY_WEIGHTS, generation)
         except Exception as exc:  # bad bytes must not take the node down
             self._counts['weights_refused'] += 1
             self.get_logger().error(f'refused policy weights version {msg.version}: {exc}')
             return
-        if policy is None:
+        if staged is None:
             if 'already in use' not in why:
                 self._counts['weights_refused'] += 1
                 self.get_logger().warning(f'refused policy weights: {why}',
                                           throttle_duration_sec=LOG_THROTTLE_S)
             return
-        with self._lock:
-            if self._settings is not settings:
-                return              # cleaned up or reconfigured meanwhile: weights of the past
-            self._current_weights = (msg.version, msg.sha256.lower())
-            self._staged = _StagedPolicy(policy, int(msg.version), f'{POLICY_WEIGHTS} ({why})',
-                                         int(msg.total_it), msg.sha256.lower())
+        # refused if cleaned up or reconfigured meanwhile: weights of the past
+        self._loader.stage(staged, generation, weights=(msg.version, msg.sha256.lower()))
 
     # -- acting -------------------------------------------------------------------------------
 
     def _swap_policy(self) -> None:
         """Take a staged policy (from the service or the weights topic): between two frames."""
-        with self._lock:
-            staged, self._staged = self._staged, None
+        staged = self._loader.take()
         if staged is not None:
             self._core.set_policy(staged.policy, staged.version)
             self._policy_info = staged
@@ -736,43 +660,28 @@ class PolicyNode(LifecycleNode):
         """
         done = Future(executor=self.executor)
         done.add_done_callback(lambda _: None)
-        self._worker.submit(function, *args).add_done_callback(functools.partial(_settle, done))
+        self._loader.submit(function, *args).add_done_callback(functools.partial(_settle, done))
         return await done
 
     # -- service ------------------------------------------------------------------------------
 
-    def _read_checkpoint(self, requested: str, settings: Settings) -> _StagedPolicy:
-        """Resolve a requested path (empty: the newest checkpoint) and build its policy."""
-        if requested:
-            path = resolve_checkpoint_path(requested, settings.checkpoint_dir,
-                                           settings.allowed_dirs)
-        else:
-            newest = newest_checkpoint(settings.checkpoint_dir)
-            if newest is None:
-                raise CheckpointError(f'no checkpoint in {settings.checkpoint_dir}')
-            path = resolve_checkpoint_path(str(newest), settings.checkpoint_dir,
-                                           settings.allowed_dirs)
-        return self._build_policy(path, settings)
-
     async def _on_load_checkpoint(self, request: LoadCheckpoint.Request,
                                   response: LoadCheckpoint.Response) -> LoadCheckpoint.Response:
         """Load a checkpoint or policy export; any failure leaves the running policy as it is."""
-        settings = self._settings
+        generation = self._loader.generation
         response.success = False
-        if settings is None:
+        if generation is None:
             response.message = 'the node is not configured'
             return response
         try:
-            staged = await self._in_worker(self._read_checkpoint, request.path, settings)
+            staged = await self._in_worker(self._loader.read_checkpoint, request.path,
+                                           generation)
         except CheckpointError as exc:
             response.message = f'refused: {exc}'
         except Exception as exc:  # report in words, keep the old weights
             response.message = f'refused: {request.path!r} could not be loaded: {exc}'
         else:
-            with self._lock:
-                response.success = self._settings is settings
-                if response.success:
-                    self._staged = staged
+            response.success = self._loader.stage(staged, generation)
             if not response.success:
                 response.message = (f'refused: the node was cleaned up or reconfigured while '
                                     f'{request.path!r} was read; nothing changed')
