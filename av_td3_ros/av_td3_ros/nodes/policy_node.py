@@ -29,8 +29,8 @@ import time
 from av_td3_interfaces.msg import PolicyWeights, StepFeedback, TrainerStats, Transition
 from av_td3_interfaces.srv import LoadCheckpoint
 from av_td3_ros.actor import (
-    ActorCore, BRAKE_ACTION, Feedback, InsertBudget, NO_POLICY_REASON, OdometryBuffer, Pose,
-    pose_from_odometry, RollingStats, route_from_points, stale_input_reason, StepResult)
+    ActorCore, BRAKE_ACTION, Feedback, InsertBudget, NO_POLICY_REASON, pose_from_odometry,
+    RollingStats, route_from_points, stale_input_reason, StepResult)
 from av_td3_ros.checkpoint import CheckpointError
 from av_td3_ros.control_output import (
     CONTROL_OUTPUTS, control_builder, ns_to_stamp, stamp_to_ns)
@@ -38,6 +38,7 @@ from av_td3_ros.image_cdr import (
     RawImage, read_image, SerializedImageError, UnsupportedEncapsulation)
 from av_td3_ros.nodes.allocator import keep_large_buffers
 from av_td3_ros.observation import ObservationError
+from av_td3_ros.pairing import Answer, Frame, InputPairing
 from av_td3_ros.policy_loader import build_policy, PolicyLoader, StagedPolicy
 from av_td3_ros.topics import (
     check_role_name, DEFAULT_ROLE, DIAGNOSTICS, POLICY_WEIGHTS, TRAINER_STATS, TRANSITIONS,
@@ -306,13 +307,10 @@ class PolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _reset_runtime_state(self) -> None:
-        self._odometry = OdometryBuffer()
-        self._last_image: float | None = None
-        self._last_odometry: float | None = None
+        self._pairing = InputPairing(self._settings.odometry_by_stamp,
+                                     self._settings.sync_timeout)
         self._hold_ended = -1.0      # a released hold restarts the watchdog's clock
-        self._pending_image: tuple[int, object, float] | None = None   # waiting for odometry
         self._held_control: tuple[int, object] | None = None           # waiting for the learner
-        self._last_answer: tuple[int, object] | None = None            # (stamp, control)
         self._budget = InsertBudget()
         self._brake_reason: str | None = 'not active'
         self._image_stats = RollingStats()
@@ -460,25 +458,17 @@ class PolicyNode(LifecycleNode):
             self.get_logger().warning(f'refused camera image: {exc}',
                                       throttle_duration_sec=LOG_THROTTLE_S)
             return
-        self._last_image = received
-        stamp = image.stamp_ns
-        if stamp and self._last_answer is not None and stamp == self._last_answer[0]:
+        repeated = self._pairing.repeated(image.stamp_ns)
+        if repeated is not None:
             # a re-published frame (a synchronous simulator missed our control): same answer
+            self._pairing.last_image = received
             self._counts['frames_repeated'] += 1
             if self._held_control is None:
-                self._control_pub.publish(self._last_answer[1])
+                self._control_pub.publish(repeated)
             return
-        if self._pending_image is not None:
+        if self._pairing.pending is not None:      # overtaken before its odometry came
             self._counts['frames_superseded'] += 1
-            self._pending_image = None
-        if self._settings.odometry_by_stamp:
-            pose = self._odometry.match(stamp)
-            if pose is None:                   # its odometry is on the way (or lost)
-                self._pending_image = (stamp, gray, received)
-                return
-        else:
-            pose = self._odometry.latest
-        self._answer(stamp, gray, pose, received)
+        self._answer(self._pairing.on_image(Frame(image.stamp_ns, gray, received)))
 
     @_guarded()
     def _on_odometry(self, msg: Odometry) -> None:
@@ -491,15 +481,8 @@ class PolicyNode(LifecycleNode):
                                       throttle_duration_sec=LOG_THROTTLE_S)
             return
         now = time.monotonic()
-        self._last_odometry = now
         self._odometry_stats.add(now)
-        self._odometry.add(stamp_to_ns(msg.header.stamp), pose)
-        if self._pending_image is not None:
-            stamp, gray, received = self._pending_image
-            pose = self._odometry.match(stamp)
-            if pose is not None:
-                self._pending_image = None
-                self._answer(stamp, gray, pose, received)
+        self._answer(self._pairing.on_odometry(stamp_to_ns(msg.header.stamp), pose, now))
 
     @_guarded(active=False)
     def _on_waypoints(self, msg: Path) -> None:
@@ -511,7 +494,7 @@ class PolicyNode(LifecycleNode):
             self.get_logger().warning(f'refused waypoints: {exc}',
                                       throttle_duration_sec=LOG_THROTTLE_S)
             return
-        change = self._core.set_route(route, self._odometry.latest)
+        change = self._core.set_route(route, self._pairing.odometry.latest)
         if change.new_task:
             self.get_logger().info(f'new route of {len(route)} waypoints '
                                    f'({route.length_m:.0f} m), a new task: {change.reason}')
@@ -565,10 +548,14 @@ class PolicyNode(LifecycleNode):
             self._policy_info = staged
             self._load_error = ''
 
-    def _answer(self, stamp: int, gray, pose: Pose | None, received: float) -> None:
+    def _answer(self, answer: Answer | None) -> None:
         """Act on a frame and publish (or, rate-limited, hold) its control."""
+        if answer is None:
+            return
+        stamp, gray, received = answer.frame.stamp, answer.frame.gray, answer.frame.received
+        pose = answer.pose
         self._swap_policy()
-        stale = stale_input_reason(time.monotonic(), received, self._last_odometry,
+        stale = stale_input_reason(time.monotonic(), received, self._pairing.last_odometry,
                                    self._settings.input_timeout)
         result: StepResult = self._core.step(stamp, gray, pose, stale)
         if result.brake_reason == NO_POLICY_REASON and self._load_error:
@@ -579,7 +566,7 @@ class PolicyNode(LifecycleNode):
             self._core.withdraw_action(self._held_control[0])
             self._counts['frames_superseded'] += 1
             self._held_control = None
-        self._last_answer = (stamp, control)
+        self._pairing.answered(stamp, control)
         if self._core.train and self._budget.must_hold:
             self._held_control = (stamp, control)
         else:
@@ -625,23 +612,16 @@ class PolicyNode(LifecycleNode):
     def _on_watchdog(self) -> None:
         """Answer an image whose odometry is late; brake on stale input (not while held)."""
         now = time.monotonic()
-        if (self._pending_image is not None and
-                now - self._pending_image[2] > self._settings.sync_timeout):
-            stamp, gray, received = self._pending_image
-            self._pending_image = None
-            pose = self._odometry.nearest(stamp)
-            if pose is not None:
-                self.get_logger().warning(
-                    'no odometry with the camera stamp arrived within sync_timeout; pairing '
-                    'with the nearest (set odometry_sync:=latest if the clocks differ)',
-                    throttle_duration_sec=LOG_THROTTLE_S * 5)
-            self._answer(stamp, gray, pose, received)
+        late = self._pairing.on_tick(now)
+        if late is not None and late.pose is not None:
+            self.get_logger().warning(
+                'no odometry with the camera stamp arrived within sync_timeout; pairing '
+                'with the nearest (set odometry_sync:=latest if the clocks differ)',
+                throttle_duration_sec=LOG_THROTTLE_S * 5)
+        self._answer(late)
         if self._held_control is not None:
             return
-        last_image, last_odometry = (None if last is None else max(last, self._hold_ended)
-                                     for last in (self._last_image, self._last_odometry))
-        reason = stale_input_reason(now, last_image, last_odometry,
-                                    self._settings.input_timeout)
+        reason = self._pairing.stale_reason(now, self._settings.input_timeout, self._hold_ended)
         if reason is not None:
             self._counts['watchdog_brakes'] += 1
             self._control_pub.publish(self._build_control(self._now_ns(), BRAKE_ACTION))
