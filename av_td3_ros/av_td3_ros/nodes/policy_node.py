@@ -18,10 +18,7 @@ multi-threaded executor (bringup's PooledExecutor, the tests).
 from __future__ import annotations
 
 import array
-from dataclasses import dataclass
 import functools
-import os
-import socket
 import sys
 import threading
 import time
@@ -30,22 +27,21 @@ from av_td3_interfaces.msg import PolicyWeights, StepFeedback, TrainerStats, Tra
 from av_td3_interfaces.srv import LoadCheckpoint
 from av_td3_ros.actor import (
     ActorCore, BRAKE_ACTION, Feedback, InsertBudget, NO_POLICY_REASON, pose_from_odometry,
-    RollingStats, route_from_points, stale_input_reason, StepResult)
+    route_from_points, stale_input_reason, StepResult)
 from av_td3_ros.checkpoint import CheckpointError
-from av_td3_ros.control_output import (
-    CONTROL_OUTPUTS, control_builder, ns_to_stamp, stamp_to_ns)
+from av_td3_ros.control_output import control_builder, ns_to_stamp, stamp_to_ns
 from av_td3_ros.image_cdr import (
     RawImage, read_image, SerializedImageError, UnsupportedEncapsulation)
 from av_td3_ros.nodes.allocator import keep_large_buffers
 from av_td3_ros.observation import ObservationError
 from av_td3_ros.pairing import Answer, Frame, InputPairing
+from av_td3_ros.policy_diagnostics import ActorStats, policy_status, policy_values
 from av_td3_ros.policy_loader import build_policy, PolicyLoader, StagedPolicy
-from av_td3_ros.topics import (
-    check_role_name, DEFAULT_ROLE, DIAGNOSTICS, POLICY_WEIGHTS, TRAINER_STATS, TRANSITIONS,
-    VehicleTopics)
+from av_td3_ros.policy_settings import (
+    descriptor, PARAMETERS, read_settings, Settings, STRING_ARRAY)
+from av_td3_ros.topics import DIAGNOSTICS, POLICY_WEIGHTS, TRANSITIONS
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry, Path
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import ParameterUninitializedException
@@ -59,84 +55,8 @@ from sensor_msgs.msg import Image
 import torch
 
 NODE_NAME = 'av_td3_policy'
-MODES = ('deploy', 'train')
-RELIABILITIES = ('reliable', 'best_effort')
-ODOMETRY_SYNCS = ('stamp', 'latest')
-
 WATCHDOG_PERIOD_S = 0.05
 LOG_THROTTLE_S = 2.0
-
-# name -> (default, description, (min, max) or allowed strings or None). One table, so that the
-# declarations, config/policy.yaml and the tests agree.
-PARAMETERS: dict[str, tuple] = {
-    'autostart': (True, 'configure and activate on start; false leaves the node unconfigured '
-                  'for a lifecycle manager', None),
-    'role_name': (DEFAULT_ROLE, "the vehicle's role name: camera, odometry, route and "
-                  'control are /carla/<role_name>/..., step feedback '
-                  '/av_td3/<role_name>/step_feedback (default role: /av_td3/step_feedback); '
-                  'remap them to fit another stack', None),
-    'mode': ('deploy', 'deploy: deterministic policy; train: exploration noise, transitions '
-             'published, weights taken from policy_weights', MODES),
-    'checkpoint_path': ('', 'checkpoint (.pth v1 or legacy) or policy export (.safetensors) '
-                        'loaded on configure; relative paths resolve against checkpoint_dir; '
-                        'empty: none (deploy mode then holds the vehicle braked)', None),
-    'checkpoint_dir': ('checkpoints', 'directory of checkpoints: base of relative paths and '
-                       'of ~/load_checkpoint with an empty path (newest file)', None),
-    'allowed_checkpoint_dirs': (Parameter.Type.STRING_ARRAY, 'further directories '
-                                '~/load_checkpoint may read from (checkpoint_dir always may); '
-                                'empty strings are ignored', None),
-    'device': ('cpu', 'torch device for inference (cpu, cuda, cuda:1, ...)', None),
-    'num_threads': (1, 'torch intra-op threads for inference (process-wide); 0 leaves the '
-                    'torch default (use 0 when sharing a process with the trainer)', (0, 256)),
-    'control_output': ('native', 'native: av_td3_interfaces/VehicleControl; carla: '
-                       'carla_msgs/CarlaEgoVehicleControl; twist: geometry_msgs/Twist for '
-                       'carla_twist_to_control', CONTROL_OUTPUTS),
-    'twist_max_steer_angle': (1.2217304763960306, 'twist output: max steering angle of the '
-                              'vehicle in rad (carla_twist_to_control reads it from '
-                              'vehicle_info; 70 deg by default)', (0.01, 3.15)),
-    'image_qos_reliability': ('reliable', 'camera subscription reliability (DESIGN §4: '
-                              'reliable keep-last-1 with the LARGE_DATA transport)',
-                              RELIABILITIES),
-    'image_qos_depth': (1, 'camera subscription queue depth (keep-last)', (1, 100)),
-    'odometry_sync': ('stamp', 'stamp: pair each image with the odometry of the same stamp '
-                      '(synchronous simulators); latest: use the newest odometry', ODOMETRY_SYNCS),
-    'sync_timeout': (0.1, 'stamp pairing: answer an image with the nearest odometry after '
-                     'waiting this long (s) for the one of its stamp', (0.0, 10.0)),
-    'input_timeout': (0.5, 'watchdog: full brake when no image or odometry arrived within '
-                      'this many seconds', (0.01, 60.0)),
-    'exploration_noise': (0.1, 'train mode: std of the Gaussian action noise (times '
-                          'max_action)', (0.0, 10.0)),
-    'seed': (-1, 'seed of the exploration noise; -1: from the OS', (-1, 2**31 - 1)),
-    'actor_id': ('', 'stream id in the transitions; empty: host:pid/namespace/name', None),
-    'trainer_stats_topic': (TRAINER_STATS, 'train mode: TrainerStats of the learner, '
-                            'whose insert_allowance rate-limits this actor', None),
-    'diagnostics_period': (1.0, 'seconds between /diagnostics messages', (0.1, 60.0)),
-}
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The validated parameters, read once per configure."""
-
-    topics: VehicleTopics
-    train: bool
-    checkpoint_path: str
-    checkpoint_dir: str
-    allowed_dirs: list[str]
-    device: str
-    num_threads: int
-    control_output: str
-    twist_max_steer_angle: float
-    image_qos: QoSProfile
-    odometry_by_stamp: bool
-    sync_timeout: float
-    input_timeout: float
-    exploration_noise: float
-    seed: int | None
-    actor_id: str
-    trainer_stats_topic: str
-    diagnostics_period: float
-
 
 def _decode_image(serialized: bytes) -> RawImage:
     """Read a camera frame's bytes; rclpy decodes the (rare) encapsulations ours does not."""
@@ -177,23 +97,6 @@ def _guarded(active: bool = True):
     return decorator
 
 
-def _is_choice(limits) -> bool:
-    return isinstance(limits, tuple) and bool(limits) and isinstance(limits[0], str)
-
-
-def _descriptor(name: str) -> ParameterDescriptor:
-    default, description, limits = PARAMETERS[name]
-    descriptor = ParameterDescriptor(description=description)
-    if _is_choice(limits):
-        descriptor.additional_constraints = 'one of: ' + ', '.join(limits)
-    elif isinstance(limits, tuple) and isinstance(default, float):
-        descriptor.floating_point_range = [
-            FloatingPointRange(from_value=float(limits[0]), to_value=float(limits[1]))]
-    elif isinstance(limits, tuple):
-        descriptor.integer_range = [IntegerRange(from_value=limits[0], to_value=limits[1])]
-    return descriptor
-
-
 class PolicyNode(LifecycleNode):
     """The actor as a ROS 2 lifecycle node (DESIGN §4, ``av_td3_policy``)."""
 
@@ -204,7 +107,8 @@ class PolicyNode(LifecycleNode):
         self._loader = PolicyLoader()          # loads and weights are built on its thread
         super().__init__(node_name, **kwargs)
         for name, (default, _, _) in PARAMETERS.items():
-            self.declare_parameter(name, default, _descriptor(name))
+            self.declare_parameter(name, Parameter.Type.STRING_ARRAY if default == STRING_ARRAY
+                                   else default, descriptor(name))
         self._settings: Settings | None = None
         self._core: ActorCore | None = None
         self._entities: list = []
@@ -222,48 +126,6 @@ class PolicyNode(LifecycleNode):
 
     # -- parameters ---------------------------------------------------------------------------
 
-    def _read_settings(self) -> Settings:
-        """Validate the parameters; raise ValueError naming the bad one."""
-        value = {name: self._parameter(name) for name in PARAMETERS}
-        for name, (_, _, limits) in PARAMETERS.items():
-            if _is_choice(limits) and value[name] not in limits:
-                raise ValueError(f'parameter {name} must be one of {", ".join(limits)}; '
-                                 f'got {value[name]!r}')
-        if not value['checkpoint_dir']:
-            raise ValueError('parameter checkpoint_dir must not be empty')
-        check_role_name(value['role_name'])
-        for name in ('trainer_stats_topic', 'device'):
-            if not value[name]:
-                raise ValueError(f'parameter {name} must not be empty')
-        try:
-            torch.device(value['device'])
-        except RuntimeError as exc:
-            raise ValueError(f'parameter device: {exc}') from None
-        reliability = (ReliabilityPolicy.RELIABLE if value['image_qos_reliability'] == 'reliable'
-                       else ReliabilityPolicy.BEST_EFFORT)
-        actor_id = value['actor_id'] or (
-            f'{socket.gethostname()}:{os.getpid()}{self.get_fully_qualified_name()}')
-        return Settings(
-            topics=VehicleTopics(value['role_name']),
-            train=value['mode'] == 'train',
-            checkpoint_path=value['checkpoint_path'],
-            checkpoint_dir=value['checkpoint_dir'],
-            allowed_dirs=[d for d in value['allowed_checkpoint_dirs'] if d],
-            device=value['device'],
-            num_threads=value['num_threads'],
-            control_output=value['control_output'],
-            twist_max_steer_angle=value['twist_max_steer_angle'],
-            image_qos=QoSProfile(history=HistoryPolicy.KEEP_LAST,
-                                 depth=value['image_qos_depth'], reliability=reliability),
-            odometry_by_stamp=value['odometry_sync'] == 'stamp',
-            sync_timeout=value['sync_timeout'],
-            input_timeout=value['input_timeout'],
-            exploration_noise=value['exploration_noise'],
-            seed=None if value['seed'] < 0 else value['seed'],
-            actor_id=actor_id,
-            trainer_stats_topic=value['trainer_stats_topic'],
-            diagnostics_period=value['diagnostics_period'])
-
     def _parameter(self, name: str):
         try:
             return self.get_parameter(name).value
@@ -274,7 +136,9 @@ class PolicyNode(LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            settings = self._read_settings()
+            settings = read_settings(
+                {name: self._parameter(name) for name in PARAMETERS},
+                self.get_fully_qualified_name())
             control_type, self._build_control = control_builder(
                 settings.control_output, settings.twist_max_steer_angle)
         except ValueError as exc:
@@ -303,7 +167,8 @@ class PolicyNode(LifecycleNode):
         self.get_logger().info(
             f'configured: mode {"train" if settings.train else "deploy"}, control_output '
             f'{settings.control_output}, camera {self._image_sub.topic_name} '
-            f'({settings.image_qos.reliability.name.lower()}, depth {settings.image_qos.depth})')
+            f'({"reliable" if settings.image_reliable else "best effort"}, depth '
+            f'{settings.image_depth})')
         return TransitionCallbackReturn.SUCCESS
 
     def _reset_runtime_state(self) -> None:
@@ -313,14 +178,7 @@ class PolicyNode(LifecycleNode):
         self._held_control: tuple[int, object] | None = None           # waiting for the learner
         self._budget = InsertBudget()
         self._brake_reason: str | None = 'not active'
-        self._image_stats = RollingStats()
-        self._odometry_stats = RollingStats()
-        self._latency = RollingStats()
-        self._inference = RollingStats()
-        self._counts = dict.fromkeys(('frames_answered', 'images_refused', 'odometry_refused',
-                                      'waypoints_refused', 'weights_refused',
-                                      'transitions_published', 'watchdog_brakes',
-                                      'frames_superseded', 'frames_repeated'), 0)
+        self._stats = ActorStats()
 
     def _load_initial_checkpoint(self, generation, checkpoint_path: str) -> None:
         """
@@ -365,7 +223,10 @@ class PolicyNode(LifecycleNode):
         self._transitions_pub = keep(self.create_lifecycle_publisher(
             Transition, TRANSITIONS, deep)) if settings.train else None
         self._image_sub = keep(self.create_subscription(
-            Image, topics.image, self._on_image, settings.image_qos, callback_group=infer,
+            Image, topics.image, self._on_image, QoSProfile(
+                history=HistoryPolicy.KEEP_LAST, depth=settings.image_depth,
+                reliability=(ReliabilityPolicy.RELIABLE if settings.image_reliable
+                             else ReliabilityPolicy.BEST_EFFORT)), callback_group=infer,
             raw=True))
         keep(self.create_subscription(Odometry, topics.odometry, self._on_odometry, reliable,
                                       callback_group=infer))
@@ -448,13 +309,13 @@ class PolicyNode(LifecycleNode):
     def _on_image(self, serialized: bytes) -> None:
         """Take a camera frame from its serialized bytes (raw subscription: no copy of pixels)."""
         received = time.monotonic()
-        self._image_stats.add(received)
+        self._stats.image.add(received)
         try:
             image = _decode_image(serialized)
             gray = self._core.frame_gray(image.data, image.width, image.height, image.encoding,
                                          image.step)
         except (ObservationError, SerializedImageError) as exc:
-            self._counts['images_refused'] += 1
+            self._stats.counts['images_refused'] += 1
             self.get_logger().warning(f'refused camera image: {exc}',
                                       throttle_duration_sec=LOG_THROTTLE_S)
             return
@@ -462,12 +323,12 @@ class PolicyNode(LifecycleNode):
         if repeated is not None:
             # a re-published frame (a synchronous simulator missed our control): same answer
             self._pairing.last_image = received
-            self._counts['frames_repeated'] += 1
+            self._stats.counts['frames_repeated'] += 1
             if self._held_control is None:
                 self._control_pub.publish(repeated)
             return
         if self._pairing.pending is not None:      # overtaken before its odometry came
-            self._counts['frames_superseded'] += 1
+            self._stats.counts['frames_superseded'] += 1
         self._answer(self._pairing.on_image(Frame(image.stamp_ns, gray, received)))
 
     @_guarded()
@@ -476,12 +337,12 @@ class PolicyNode(LifecycleNode):
         try:
             pose = pose_from_odometry((p.x, p.y, p.z), (q.x, q.y, q.z, q.w), (v.x, v.y, v.z))
         except ObservationError as exc:
-            self._counts['odometry_refused'] += 1
+            self._stats.counts['odometry_refused'] += 1
             self.get_logger().warning(f'refused odometry: {exc}',
                                       throttle_duration_sec=LOG_THROTTLE_S)
             return
         now = time.monotonic()
-        self._odometry_stats.add(now)
+        self._stats.odometry.add(now)
         self._answer(self._pairing.on_odometry(stamp_to_ns(msg.header.stamp), pose, now))
 
     @_guarded(active=False)
@@ -490,7 +351,7 @@ class PolicyNode(LifecycleNode):
         try:
             route = route_from_points(points)
         except ObservationError as exc:
-            self._counts['waypoints_refused'] += 1
+            self._stats.counts['waypoints_refused'] += 1
             self.get_logger().warning(f'refused waypoints: {exc}',
                                       throttle_duration_sec=LOG_THROTTLE_S)
             return
@@ -526,12 +387,12 @@ class PolicyNode(LifecycleNode):
                 self._loader.review_weights, msg.format, msg.data.tobytes(), msg.sha256,
                 msg.version, msg.total_it, POLICY_WEIGHTS, generation)
         except Exception as exc:  # bad bytes must not take the node down
-            self._counts['weights_refused'] += 1
+            self._stats.counts['weights_refused'] += 1
             self.get_logger().error(f'refused policy weights version {msg.version}: {exc}')
             return
         if staged is None:
             if 'already in use' not in why:
-                self._counts['weights_refused'] += 1
+                self._stats.counts['weights_refused'] += 1
                 self.get_logger().warning(f'refused policy weights: {why}',
                                           throttle_duration_sec=LOG_THROTTLE_S)
             return
@@ -564,18 +425,14 @@ class PolicyNode(LifecycleNode):
         control = self._build_control(stamp, result.action)
         if self._held_control is not None:        # superseded before the learner allowed it
             self._core.withdraw_action(self._held_control[0])
-            self._counts['frames_superseded'] += 1
+            self._stats.counts['frames_superseded'] += 1
             self._held_control = None
         self._pairing.answered(stamp, control)
         if self._core.train and self._budget.must_hold:
             self._held_control = (stamp, control)
         else:
             self._control_pub.publish(control)
-        done = time.monotonic()
-        self._counts['frames_answered'] += 1
-        self._latency.add(done, done - received)
-        if result.inference_s > 0:
-            self._inference.add(done, result.inference_s)
+        self._stats.answered(time.monotonic(), received, result.inference_s)
         self._note_brake(result.brake_reason)
 
     def _note_brake(self, reason: str | None) -> None:
@@ -606,7 +463,7 @@ class PolicyNode(LifecycleNode):
             msg.terminated, msg.truncated = t.terminated, t.truncated
             self._transitions_pub.publish(msg)
             self._budget.on_published()
-            self._counts['transitions_published'] += 1
+            self._stats.counts['transitions_published'] += 1
 
     @_guarded()
     def _on_watchdog(self) -> None:
@@ -623,7 +480,7 @@ class PolicyNode(LifecycleNode):
             return
         reason = self._pairing.stale_reason(now, self._settings.input_timeout, self._hold_ended)
         if reason is not None:
-            self._counts['watchdog_brakes'] += 1
+            self._stats.counts['watchdog_brakes'] += 1
             self._control_pub.publish(self._build_control(self._now_ns(), BRAKE_ACTION))
             self._note_brake(reason)
 
@@ -681,45 +538,21 @@ class PolicyNode(LifecycleNode):
 
     @_guarded()
     def _publish_diagnostics(self) -> None:
-        now = time.monotonic()
-        status = DiagnosticStatus(name=f'{self.get_fully_qualified_name()}: policy',
-                                  hardware_id=self._settings.actor_id)
-        info = self._policy_info
-        if self._held_control is not None:
-            status.level = DiagnosticStatus.WARN
-            status.message = ('holding the control: the insert allowance of the learner is used '
-                              'up (waiting for fresh trainer stats)')
-        elif self._brake_reason is not None:
-            status.level = DiagnosticStatus.ERROR
-            reasons = [self._brake_reason]
-            if not self._core.train and self._core.policy is None and (
-                    NO_POLICY_REASON not in self._brake_reason):   # the cause behind the rest
-                reasons.append(f'{self._load_error}; {NO_POLICY_REASON}'.lstrip('; '))
-            status.message = 'full brake: ' + '; '.join(reasons)
-        else:
-            status.level = DiagnosticStatus.OK
-            status.message = 'driving'
-        values = {
-            'mode': 'train' if self._core.train else 'deploy',
-            'control_output': self._settings.control_output,
-            'image_rate_hz': f'{self._image_stats.rate(now):.2f}',
-            'odometry_rate_hz': f'{self._odometry_stats.rate(now):.2f}',
-            'inference_ms_p50': f'{self._inference.percentile(50) * 1e3:.2f}',
-            'inference_ms_p99': f'{self._inference.percentile(99) * 1e3:.2f}',
-            'image_to_control_ms_p50': f'{self._latency.percentile(50) * 1e3:.2f}',
-            'image_to_control_ms_p99': f'{self._latency.percentile(99) * 1e3:.2f}',
-            'checkpoint': info.source if info else (self._load_error or 'none'),
-            'policy_version': str(self._core.policy_version),
-            'checkpoint_total_it': str(info.total_it) if info else '',
-            'checkpoint_sha256': info.sha256 if info else '',
-            'insert_allowance': str(self._budget.allowance),
-            'transitions_since_stats': str(self._budget.since_stats),
-            **{name: str(count) for name, count in self._counts.items()},
-        }
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        array_msg = DiagnosticArray(status=[status])
-        array_msg.header.stamp = self.get_clock().now().to_msg()
-        self._diagnostics_pub.publish(array_msg)
+        level, message = policy_status(
+            self._held_control is not None, self._brake_reason, self._core.train,
+            self._core.policy is not None, self._load_error)
+        values = policy_values(
+            self._stats, time.monotonic(), train=self._core.train,
+            control_output=self._settings.control_output, policy_info=self._policy_info,
+            load_error=self._load_error, policy_version=self._core.policy_version,
+            budget=self._budget)
+        status = DiagnosticStatus(
+            name=f'{self.get_fully_qualified_name()}: policy', hardware_id=self._settings.actor_id,
+            level=getattr(DiagnosticStatus, level), message=message,
+            values=[KeyValue(key=k, value=v) for k, v in values.items()])
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_pub.publish(msg)
 
 
 def main(args=None) -> int:
