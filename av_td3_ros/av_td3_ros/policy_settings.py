@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import os
 import socket
 
-from av_td3_ros.control_output import CONTROL_OUTPUTS
+from av_td3_ros.policy_messages import CONTROL_OUTPUTS
 from av_td3_ros.topics import check_role_name, DEFAULT_ROLE, TRAINER_STATS, VehicleTopics
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 import torch

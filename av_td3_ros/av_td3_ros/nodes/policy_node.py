@@ -17,7 +17,6 @@ multi-threaded executor (bringup's PooledExecutor, the tests).
 
 from __future__ import annotations
 
-import array
 import functools
 import sys
 import threading
@@ -26,19 +25,20 @@ import time
 from av_td3_interfaces.msg import PolicyWeights, StepFeedback, TrainerStats, Transition
 from av_td3_interfaces.srv import LoadCheckpoint
 from av_td3_ros.actor import (
-    ActorCore, BRAKE_ACTION, Feedback, InsertBudget, NO_POLICY_REASON, pose_from_odometry,
-    route_from_points, stale_input_reason, StepResult)
+    ActorCore, BRAKE_ACTION, Feedback, pose_from_odometry,
+    route_from_points)
 from av_td3_ros.checkpoint import CheckpointError
-from av_td3_ros.control_output import control_builder, ns_to_stamp, stamp_to_ns
+from av_td3_ros.policy_messages import control_builder, stamp_to_ns, transition_message
 from av_td3_ros.image_cdr import (
     RawImage, read_image, SerializedImageError, UnsupportedEncapsulation)
 from av_td3_ros.nodes.allocator import keep_large_buffers
 from av_td3_ros.observation import ObservationError
-from av_td3_ros.pairing import Answer, Frame, InputPairing
-from av_td3_ros.policy_diagnostics import ActorStats, policy_status, policy_values
-from av_td3_ros.policy_loader import build_policy, PolicyLoader, StagedPolicy
+from av_td3_ros.pairing import Frame, InputPairing
+from av_td3_ros.policy_diagnostics import policy_status, policy_values
+from av_td3_ros.policy_loader import build_policy, PolicyLoader
 from av_td3_ros.policy_settings import (
     descriptor, PARAMETERS, read_settings, Settings, STRING_ARRAY)
+from av_td3_ros.responder import Responder
 from av_td3_ros.topics import DIAGNOSTICS, POLICY_WEIGHTS, TRANSITIONS
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry, Path
@@ -151,9 +151,11 @@ class PolicyNode(LifecycleNode):
                                exploration_noise=settings.exploration_noise,
                                seed=settings.seed,
                                stamp_gap_reset_ns=int(settings.input_timeout * 1e9))
-        self._reset_runtime_state()
-        self._policy_info: StagedPolicy | None = None
-        self._load_error = ''
+        self._run = Responder(
+            self._core, InputPairing(settings.odometry_by_stamp, settings.sync_timeout),
+            settings.input_timeout, self._build_control,
+            lambda control: self._control_pub.publish(control), self._publish_transition,
+            self.get_logger())
         generation = self._loader.open(settings.checkpoint_dir, settings.allowed_dirs,
                                        settings.device)
         if settings.checkpoint_path:
@@ -171,15 +173,6 @@ class PolicyNode(LifecycleNode):
             f'{settings.image_depth})')
         return TransitionCallbackReturn.SUCCESS
 
-    def _reset_runtime_state(self) -> None:
-        self._pairing = InputPairing(self._settings.odometry_by_stamp,
-                                     self._settings.sync_timeout)
-        self._hold_ended = -1.0      # a released hold restarts the watchdog's clock
-        self._held_control: tuple[int, object] | None = None           # waiting for the learner
-        self._budget = InsertBudget()
-        self._brake_reason: str | None = 'not active'
-        self._stats = ActorStats()
-
     def _load_initial_checkpoint(self, generation, checkpoint_path: str) -> None:
         """
         Load checkpoint_path (trusted configuration, unlike service requests).
@@ -191,11 +184,10 @@ class PolicyNode(LifecycleNode):
         try:
             staged = build_policy(path, generation.device)
         except Exception as exc:  # any failure: report it, keep holding
-            self._load_error = f'checkpoint_path {path} failed to load: {exc}'
-            self.get_logger().error(self._load_error)
+            self._run.load_error = f'checkpoint_path {path} failed to load: {exc}'
+            self.get_logger().error(self._run.load_error)
             return
-        self._core.set_policy(staged.policy, staged.version)
-        self._policy_info = staged
+        self._run.use_policy(staged)
         self.get_logger().info(f'loaded {staged.source} (total_it {staged.total_it}, '
                                f'sha256 {staged.sha256[:12]})')
 
@@ -250,7 +242,7 @@ class PolicyNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         result = super().on_activate(state)
         self._active = True
-        self._brake_reason = 'waiting for input'
+        self._run.brake_reason = 'waiting for input'
         self.get_logger().info('active')
         return result
 
@@ -309,27 +301,25 @@ class PolicyNode(LifecycleNode):
     def _on_image(self, serialized: bytes) -> None:
         """Take a camera frame from its serialized bytes (raw subscription: no copy of pixels)."""
         received = time.monotonic()
-        self._stats.image.add(received)
+        self._run.stats.image.add(received)
         try:
             image = _decode_image(serialized)
             gray = self._core.frame_gray(image.data, image.width, image.height, image.encoding,
                                          image.step)
         except (ObservationError, SerializedImageError) as exc:
-            self._stats.counts['images_refused'] += 1
+            self._run.stats.counts['images_refused'] += 1
             self.get_logger().warning(f'refused camera image: {exc}',
                                       throttle_duration_sec=LOG_THROTTLE_S)
             return
-        repeated = self._pairing.repeated(image.stamp_ns)
-        if repeated is not None:
-            # a re-published frame (a synchronous simulator missed our control): same answer
-            self._pairing.last_image = received
-            self._stats.counts['frames_repeated'] += 1
-            if self._held_control is None:
-                self._control_pub.publish(repeated)
+        run = self._run
+        repeated = run.pairing.repeated(image.stamp_ns)
+        if repeated is not None:   # re-published (a synchronous simulator missed our control)
+            run.repeat(repeated, received)
             return
-        if self._pairing.pending is not None:      # overtaken before its odometry came
-            self._stats.counts['frames_superseded'] += 1
-        self._answer(self._pairing.on_image(Frame(image.stamp_ns, gray, received)))
+        if run.pairing.pending is not None:        # overtaken before its odometry came
+            run.stats.counts['frames_superseded'] += 1
+        answer = run.pairing.on_image(Frame(image.stamp_ns, gray, received))
+        run.answer(answer, time.monotonic(), self._loader.take())
 
     @_guarded()
     def _on_odometry(self, msg: Odometry) -> None:
@@ -337,13 +327,14 @@ class PolicyNode(LifecycleNode):
         try:
             pose = pose_from_odometry((p.x, p.y, p.z), (q.x, q.y, q.z, q.w), (v.x, v.y, v.z))
         except ObservationError as exc:
-            self._stats.counts['odometry_refused'] += 1
+            self._run.stats.counts['odometry_refused'] += 1
             self.get_logger().warning(f'refused odometry: {exc}',
                                       throttle_duration_sec=LOG_THROTTLE_S)
             return
         now = time.monotonic()
-        self._stats.odometry.add(now)
-        self._answer(self._pairing.on_odometry(stamp_to_ns(msg.header.stamp), pose, now))
+        self._run.stats.odometry.add(now)
+        answer = self._run.pairing.on_odometry(stamp_to_ns(msg.header.stamp), pose, now)
+        self._run.answer(answer, now, self._loader.take())
 
     @_guarded(active=False)
     def _on_waypoints(self, msg: Path) -> None:
@@ -351,11 +342,11 @@ class PolicyNode(LifecycleNode):
         try:
             route = route_from_points(points)
         except ObservationError as exc:
-            self._stats.counts['waypoints_refused'] += 1
+            self._run.stats.counts['waypoints_refused'] += 1
             self.get_logger().warning(f'refused waypoints: {exc}',
                                       throttle_duration_sec=LOG_THROTTLE_S)
             return
-        change = self._core.set_route(route, self._pairing.odometry.latest)
+        change = self._core.set_route(route, self._run.pairing.odometry.latest)
         if change.new_task:
             self.get_logger().info(f'new route of {len(route)} waypoints '
                                    f'({route.length_m:.0f} m), a new task: {change.reason}')
@@ -366,16 +357,11 @@ class PolicyNode(LifecycleNode):
     def _on_feedback(self, msg: StepFeedback) -> None:
         feedback = Feedback(stamp_to_ns(msg.header.stamp), msg.episode_id, msg.step,
                             float(msg.reward), msg.terminated, msg.truncated)
-        self._publish_transitions(self._core.add_feedback(feedback))
+        self._run.publish_transitions(self._core.add_feedback(feedback))
 
     @_guarded()
     def _on_trainer_stats(self, msg: TrainerStats) -> None:
-        self._budget.on_stats(msg.insert_allowance)
-        if self._held_control is not None and not self._budget.must_hold:
-            _, control = self._held_control
-            self._held_control = None
-            self._hold_ended = time.monotonic()   # the simulator only steps from now on
-            self._control_pub.publish(control)
+        self._run.on_stats(msg.insert_allowance, time.monotonic())
 
     async def _on_weights(self, msg: PolicyWeights) -> None:
         """Review and build the broadcast policy on the worker thread; swap it in later."""
@@ -387,102 +373,25 @@ class PolicyNode(LifecycleNode):
                 self._loader.review_weights, msg.format, msg.data.tobytes(), msg.sha256,
                 msg.version, msg.total_it, POLICY_WEIGHTS, generation)
         except Exception as exc:  # bad bytes must not take the node down
-            self._stats.counts['weights_refused'] += 1
+            self._run.stats.counts['weights_refused'] += 1
             self.get_logger().error(f'refused policy weights version {msg.version}: {exc}')
             return
         if staged is None:
             if 'already in use' not in why:
-                self._stats.counts['weights_refused'] += 1
+                self._run.stats.counts['weights_refused'] += 1
                 self.get_logger().warning(f'refused policy weights: {why}',
                                           throttle_duration_sec=LOG_THROTTLE_S)
             return
         # refused if cleaned up or reconfigured meanwhile: weights of the past
         self._loader.stage(staged, generation, weights=(msg.version, msg.sha256.lower()))
 
-    # -- acting -------------------------------------------------------------------------------
-
-    def _swap_policy(self) -> None:
-        """Take a staged policy (from the service or the weights topic): between two frames."""
-        staged = self._loader.take()
-        if staged is not None:
-            self._core.set_policy(staged.policy, staged.version)
-            self._policy_info = staged
-            self._load_error = ''
-
-    def _answer(self, answer: Answer | None) -> None:
-        """Act on a frame and publish (or, rate-limited, hold) its control."""
-        if answer is None:
-            return
-        stamp, gray, received = answer.frame.stamp, answer.frame.gray, answer.frame.received
-        pose = answer.pose
-        self._swap_policy()
-        stale = stale_input_reason(time.monotonic(), received, self._pairing.last_odometry,
-                                   self._settings.input_timeout)
-        result: StepResult = self._core.step(stamp, gray, pose, stale)
-        if result.brake_reason == NO_POLICY_REASON and self._load_error:
-            result.brake_reason = f'{self._load_error}; {result.brake_reason}'
-        self._publish_transitions(result.transitions)
-        control = self._build_control(stamp, result.action)
-        if self._held_control is not None:        # superseded before the learner allowed it
-            self._core.withdraw_action(self._held_control[0])
-            self._stats.counts['frames_superseded'] += 1
-            self._held_control = None
-        self._pairing.answered(stamp, control)
-        if self._core.train and self._budget.must_hold:
-            self._held_control = (stamp, control)
-        else:
-            self._control_pub.publish(control)
-        self._stats.answered(time.monotonic(), received, result.inference_s)
-        self._note_brake(result.brake_reason)
-
-    def _note_brake(self, reason: str | None) -> None:
-        """Log when the node starts or stops holding the vehicle, and why (once per change)."""
-        if reason is not None and reason != self._brake_reason:
-            self.get_logger().warning(f'holding the vehicle with full brake: {reason}')
-        elif reason is None and self._brake_reason is not None:
-            self.get_logger().info('driving')
-        self._brake_reason = reason
-
-    def _publish_transitions(self, transitions) -> None:
-        if not transitions or self._transitions_pub is None:
-            return
-        size = self._core.spec.image_size
-        for t in transitions:
-            msg = Transition()
-            msg.header.stamp = ns_to_stamp(t.stamp)
-            msg.actor_id = self._settings.actor_id
-            msg.episode_id, msg.step, msg.policy_version = t.episode_id, t.step, t.policy_version
-            msg.frame_height = msg.frame_width = size
-            # array.array from bytes: the generated setters take it without a per-element check
-            msg.obs_frames = array.array('B', t.obs_frames.tobytes())
-            msg.obs_vector = array.array('f', t.obs_vector.astype('float32').tobytes())
-            msg.action = array.array('f', t.action.astype('float32').tobytes())
-            msg.reward = t.reward
-            msg.next_frame = array.array('B', t.next_frame.tobytes())
-            msg.next_vector = array.array('f', t.next_vector.astype('float32').tobytes())
-            msg.terminated, msg.truncated = t.terminated, t.truncated
-            self._transitions_pub.publish(msg)
-            self._budget.on_published()
-            self._stats.counts['transitions_published'] += 1
+    def _publish_transition(self, transition) -> None:
+        self._transitions_pub.publish(transition_message(
+            transition, self._settings.actor_id, self._core.spec.image_size))
 
     @_guarded()
     def _on_watchdog(self) -> None:
-        """Answer an image whose odometry is late; brake on stale input (not while held)."""
-        now = time.monotonic()
-        late = self._pairing.on_tick(now)
-        if late is not None and late.pose is not None:
-            self.get_logger().warning(
-                'no odometry with the camera stamp arrived within sync_timeout; pairing '
-                'with the nearest (set odometry_sync:=latest if the clocks differ)',
-                throttle_duration_sec=LOG_THROTTLE_S * 5)
-        self._answer(late)
-        if self._held_control is not None:
-            return
-        reason = self._pairing.stale_reason(now, self._settings.input_timeout, self._hold_ended)
-        if reason is not None:
-            self._stats.counts['watchdog_brakes'] += 1
-            self._control_pub.publish(self._build_control(self._now_ns(), BRAKE_ACTION))
-            self._note_brake(reason)
+        self._run.on_tick(time.monotonic(), self._now_ns(), self._loader.take())
 
     # -- worker thread ------------------------------------------------------------------------
 
@@ -538,14 +447,14 @@ class PolicyNode(LifecycleNode):
 
     @_guarded()
     def _publish_diagnostics(self) -> None:
-        level, message = policy_status(
-            self._held_control is not None, self._brake_reason, self._core.train,
-            self._core.policy is not None, self._load_error)
+        run = self._run
+        level, message = policy_status(run.held is not None, run.brake_reason, self._core.train,
+                                       self._core.policy is not None, run.load_error)
         values = policy_values(
-            self._stats, time.monotonic(), train=self._core.train,
-            control_output=self._settings.control_output, policy_info=self._policy_info,
-            load_error=self._load_error, policy_version=self._core.policy_version,
-            budget=self._budget)
+            run.stats, time.monotonic(), train=self._core.train,
+            control_output=self._settings.control_output, policy_info=run.policy_info,
+            load_error=run.load_error, policy_version=self._core.policy_version,
+            budget=run.budget)
         status = DiagnosticStatus(
             name=f'{self.get_fully_qualified_name()}: policy', hardware_id=self._settings.actor_id,
             level=getattr(DiagnosticStatus, level), message=message,

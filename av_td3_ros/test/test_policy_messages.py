@@ -4,7 +4,7 @@ import importlib.util
 
 from av_td3_interfaces.msg import VehicleControl
 from av_td3_ros.actor import BRAKE_ACTION, TWIST_FULL_THROTTLE
-from av_td3_ros.control_output import (
+from av_td3_ros.policy_messages import (
     control_builder, ns_to_stamp, stamp_to_ns)
 from geometry_msgs.msg import Twist
 import numpy as np

@@ -1,5 +1,6 @@
 """
-Control messages of the policy node: the one place that turns an action into a message.
+Messages the policy node publishes: controls (the one place that turns an action into one) and
+transitions.
 
 ``control_output`` (DESIGN §4) selects the message: ``native`` av_td3_interfaces/VehicleControl,
 ``carla`` carla_msgs/CarlaEgoVehicleControl (imported only when selected) or ``twist``
@@ -8,10 +9,11 @@ geometry_msgs/Twist for carla_twist_to_control. No rclpy: message classes only.
 
 from __future__ import annotations
 
+import array
 from collections.abc import Callable
 
-from av_td3_interfaces.msg import VehicleControl
-from av_td3_ros.actor import twist_from_control
+from av_td3_interfaces.msg import Transition, VehicleControl
+from av_td3_ros.actor import TransitionData, twist_from_control
 from av_td3_ros.observation import action_to_control
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Twist
@@ -66,3 +68,21 @@ def control_builder(control_output: str, twist_max_steer_angle: float
         msg.steer, msg.throttle, msg.brake = steer, throttle, brake
         return msg
     return control_type, build
+
+
+def transition_message(t: TransitionData, actor_id: str, frame_size: int) -> Transition:
+    """Return the av_td3_interfaces/Transition of one transition (frames uint8, rest float32)."""
+    msg = Transition()
+    msg.header.stamp = ns_to_stamp(t.stamp)
+    msg.actor_id = actor_id
+    msg.episode_id, msg.step, msg.policy_version = t.episode_id, t.step, t.policy_version
+    msg.frame_height = msg.frame_width = frame_size
+    # array.array from bytes: the generated setters take it without a per-element check
+    msg.obs_frames = array.array('B', t.obs_frames.tobytes())
+    msg.obs_vector = array.array('f', t.obs_vector.astype('float32').tobytes())
+    msg.action = array.array('f', t.action.astype('float32').tobytes())
+    msg.reward = t.reward
+    msg.next_frame = array.array('B', t.next_frame.tobytes())
+    msg.next_vector = array.array('f', t.next_vector.astype('float32').tobytes())
+    msg.terminated, msg.truncated = t.terminated, t.truncated
+    return msg
