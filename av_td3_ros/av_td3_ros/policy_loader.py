@@ -4,7 +4,7 @@ The policy node's loader: checkpoints and broadcast weights read and built off t
 Reading a checkpoint and building its networks (or hashing and building broadcast weights)
 takes far longer than a camera period, so it runs on one worker thread (loads are built one
 at a time). The result is *staged* under a lock and taken by the actor between two frames
-(``take``). Each configuration of the node opens a *generation* (``open``); a load that ends
+(``take``). Each configuration of the node opens a *generation* (``begin``); a load that ends
 after the node was cleaned up or reconfigured belongs to a past generation and is refused when
 it is staged, so a policy of an earlier configuration is never swapped in. No rclpy.
 """
@@ -59,7 +59,7 @@ class PolicyLoader:
 
     # -- generations ------------------------------------------------------------------------
 
-    def open(self, checkpoint_dir: str, allowed_dirs, device: str) -> Generation:
+    def begin(self, checkpoint_dir: str, allowed_dirs, device: str) -> Generation:
         """Start a configuration: nothing staged, no broadcast weights in use."""
         generation = Generation(checkpoint_dir, tuple(allowed_dirs), device)
         with self._lock:
@@ -123,6 +123,42 @@ class PolicyLoader:
         policy = Policy.from_export_bytes(bytes(data), device=generation.device)
         return why, StagedPolicy(policy, int(version), f'{source} ({why})', int(total_it),
                                  sha256.lower())
+
+    def serve_request(self, requested: str, generation: Generation) -> tuple[bool, str, object]:
+        """
+        Do a ``~/load_checkpoint`` request on the worker: (success, message, staged or None).
+
+        Any failure leaves the running policy as it is; so does a load that ends after its
+        generation did (the node was cleaned up or reconfigured while it read).
+        """
+        try:
+            staged = self.read_checkpoint(requested, generation)
+        except CheckpointError as exc:
+            return False, f'refused: {exc}', None
+        except Exception as exc:  # report in words, keep the old weights
+            return False, f'refused: {requested!r} could not be loaded: {exc}', None
+        if not self.stage(staged, generation):
+            return False, (f'refused: the node was cleaned up or reconfigured while '
+                           f'{requested!r} was read; nothing changed'), None
+        return True, (f'loaded {staged.source} (total_it {staged.total_it}); in use from the '
+                      'next camera frame'), staged
+
+    def take_weights(self, fmt: str, data: bytes, sha256: str, version: int, total_it: int,
+                     source: str, generation: Generation) -> tuple[str, str]:
+        """
+        Review, build and stage broadcast weights on the worker: (outcome, why).
+
+        The outcome is ``staged``, ``in use`` (the transient-local topic redelivers the weights
+        in use), ``refused`` (bad format or digest) or ``stale`` (the generation ended while
+        they were built). Raises what building bad bytes raises.
+        """
+        why, staged = self.review_weights(fmt, data, sha256, version, total_it, source,
+                                          generation)
+        if staged is None:
+            return ('in use' if 'already in use' in why else 'refused'), why
+        if not self.stage(staged, generation, weights=(int(version), sha256.lower())):
+            return 'stale', 'the node was cleaned up or reconfigured while they were built'
+        return 'staged', why
 
     # -- staging ----------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """
-Messages the policy node publishes: controls (the one place that turns an action into one) and
-transitions.
+Messages the policy node publishes: controls and transitions.
 
+The one place that turns an action into a control message.
 ``control_output`` (DESIGN §4) selects the message: ``native`` av_td3_interfaces/VehicleControl,
 ``carla`` carla_msgs/CarlaEgoVehicleControl (imported only when selected) or ``twist``
 geometry_msgs/Twist for carla_twist_to_control. No rclpy: message classes only.

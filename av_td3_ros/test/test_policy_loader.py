@@ -36,7 +36,7 @@ def loader():
 
 def test_reads_on_its_worker_thread_and_stages_for_one_swap(loader, files):
     root, data = files
-    generation = loader.open(str(root / 'ckpt'), [], 'cpu')
+    generation = loader.begin(str(root / 'ckpt'), [], 'cpu')
     thread = loader.submit(lambda: threading.current_thread().name).result(10)
     assert thread.startswith('policy_loader')
     staged = loader.submit(loader.read_checkpoint, 'p.safetensors', generation).result(60)
@@ -49,12 +49,12 @@ def test_reads_on_its_worker_thread_and_stages_for_one_swap(loader, files):
 
 def test_the_path_policy_refuses_what_lies_outside(loader, files):
     root, _ = files
-    generation = loader.open(str(root / 'ckpt'), [], 'cpu')
+    generation = loader.begin(str(root / 'ckpt'), [], 'cpu')
     with pytest.raises(CheckpointError):
         loader.read_checkpoint(str(root / 'other' / 'p.safetensors'), generation)
     with pytest.raises(CheckpointError, match='no checkpoint'):
         loader.read_checkpoint('', generation)        # no .pth there
-    allowed = loader.open(str(root / 'ckpt'), [str(root / 'other')], 'cpu')
+    allowed = loader.begin(str(root / 'ckpt'), [str(root / 'other')], 'cpu')
     assert loader.read_checkpoint(str(root / 'other' / 'p.safetensors'), allowed).total_it == 42
     assert loader.initial_path(allowed, 'p.safetensors') == str(root / 'ckpt' / 'p.safetensors')
     assert loader.initial_path(allowed, '/abs/x.pth') == '/abs/x.pth'
@@ -62,18 +62,18 @@ def test_the_path_policy_refuses_what_lies_outside(loader, files):
 
 def test_a_load_of_a_past_generation_is_not_staged(loader, files):
     root, _ = files
-    first = loader.open(str(root / 'ckpt'), [], 'cpu')
+    first = loader.begin(str(root / 'ckpt'), [], 'cpu')
     staged = build_policy(root / 'ckpt' / 'p.safetensors', 'cpu')
     loader.close()                                  # cleaned up while the load ran
     assert not loader.stage(staged, first) and loader.take() is None
-    second = loader.open(str(root / 'ckpt'), [], 'cpu')
+    second = loader.begin(str(root / 'ckpt'), [], 'cpu')
     assert not loader.stage(staged, first)          # reconfigured: still the past
     assert loader.stage(staged, second) and loader.take() is staged
 
 
 def test_broadcast_weights_are_reviewed_then_built(loader, files):
     root, data = files
-    generation = loader.open(str(root / 'ckpt'), [], 'cpu')
+    generation = loader.begin(str(root / 'ckpt'), [], 'cpu')
     digest = hashlib.sha256(data).hexdigest()
     why, staged = loader.review_weights('safetensors', data, digest, 7, 42, '/w', generation)
     assert staged is not None and staged.version == 7 and staged.source == f'/w ({why})'
@@ -83,5 +83,26 @@ def test_broadcast_weights_are_reviewed_then_built(loader, files):
     assert again is None and 'already in use' in why
     why, bad = loader.review_weights('safetensors', data[:-1], digest, 8, 42, '/w', generation)
     assert bad is None and 'sha256 mismatch' in why
-    loader.open(str(root / 'ckpt'), [], 'cpu')      # a new configuration forgets them
+    loader.begin(str(root / 'ckpt'), [], 'cpu')      # a new configuration forgets them
     assert loader.weights_in_use is None
+
+
+def test_requests_and_weights_end_to_end_on_the_worker(loader, files):
+    root, data = files
+    generation = loader.begin(str(root / 'ckpt'), [], 'cpu')
+    ok, message, staged = loader.submit(loader.serve_request, 'p.safetensors',
+                                        generation).result(60)
+    assert ok and 'in use from the next camera frame' in message and loader.take() is staged
+    ok, message, _ = loader.serve_request('missing.pth', generation)
+    assert not ok and message.startswith('refused:')
+    digest = hashlib.sha256(data).hexdigest()
+    assert loader.take_weights('json', data, digest, 1, 0, '/w', generation)[0] == 'refused'
+    assert loader.take_weights('safetensors', data, digest, 1, 0, '/w', generation)[0] == \
+        'staged'
+    assert loader.take_weights('safetensors', data, digest, 1, 0, '/w', generation)[0] == \
+        'in use'
+    loader.close()
+    assert loader.take_weights('safetensors', data, digest, 2, 0, '/w', generation)[0] == \
+        'stale'
+    ok, message, _ = loader.serve_request('p.safetensors', generation)
+    assert not ok and 'cleaned up or reconfigured' in message and loader.take() is None

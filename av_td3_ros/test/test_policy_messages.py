@@ -3,9 +3,9 @@
 import importlib.util
 
 from av_td3_interfaces.msg import VehicleControl
-from av_td3_ros.actor import BRAKE_ACTION, TWIST_FULL_THROTTLE
+from av_td3_ros.actor import BRAKE_ACTION, TransitionData, TWIST_FULL_THROTTLE
 from av_td3_ros.policy_messages import (
-    control_builder, ns_to_stamp, stamp_to_ns)
+    control_builder, ns_to_stamp, stamp_to_ns, transition_message)
 from geometry_msgs.msg import Twist
 import numpy as np
 import pytest
@@ -48,3 +48,24 @@ def test_unknown_or_unavailable_outputs_are_refused():
     else:
         _, build = control_builder('carla', 1.0)
         assert build(0, BRAKE_ACTION).brake == 1.0
+
+
+def test_transition_message_carries_every_field():
+    rng = np.random.default_rng(0)
+    t = TransitionData(
+        stamp=3 * 10**9 + 5, episode_id=2, step=7, policy_version=9,
+        obs_frames=rng.integers(0, 256, (4, 84, 84), dtype=np.uint8),
+        obs_vector=rng.standard_normal(53).astype(np.float32),
+        action=np.array([0.1, -0.2], np.float32), reward=1.5,
+        next_frame=rng.integers(0, 256, (84, 84), dtype=np.uint8),
+        next_vector=rng.standard_normal(53).astype(np.float32), terminated=False,
+        truncated=True)
+    msg = transition_message(t, 'host:1/ns/node', 84)
+    assert stamp_to_ns(msg.header.stamp) == t.stamp and msg.actor_id == 'host:1/ns/node'
+    assert (msg.episode_id, msg.step, msg.policy_version) == (2, 7, 9)
+    assert msg.frame_height == msg.frame_width == 84
+    assert bytes(msg.obs_frames) == t.obs_frames.tobytes()
+    assert bytes(msg.next_frame) == t.next_frame.tobytes()
+    np.testing.assert_array_equal(np.asarray(msg.obs_vector, np.float32), t.obs_vector)
+    np.testing.assert_array_equal(np.asarray(msg.action, np.float32), t.action)
+    assert msg.reward == 1.5 and not msg.terminated and msg.truncated

@@ -1,18 +1,12 @@
 """
 The policy node ``av_td3_policy``: camera + odometry + route in, vehicle control out.
 
-A lifecycle node that configures and activates itself unless ``autostart:=false`` (then a
-lifecycle manager owns it). The actor's logic lives in ``av_td3_ros.actor`` (no ROS); this
-module is the ROS glue: parameters, QoS, callback groups, the load service, diagnostics.
-
-Threads: ``main`` spins the node on a SingleThreadedExecutor, so a camera frame is answered on
-the thread that took it (no hand-off between threads). Camera, odometry, feedback, route, stats
-and timers share one mutually exclusive callback group (the actor is single-threaded). The slow
-work, reading and building a checkpoint for the load service or broadcast weights for the
-weights subscription, runs on a worker thread of the node: those two callbacks are coroutines
-that await it, which leaves the executor thread to the frames meanwhile. The new policy is
-staged under a lock and swapped in between two frames. The node runs as well on a
-multi-threaded executor (bringup's PooledExecutor, the tests).
+ROS glue only: parameters, subscriptions, lifecycle, publishing. The logic is in plain modules:
+``actor`` (observation, route, transitions), ``pairing`` (which pose answers which frame),
+``responder`` (act, publish or hold, watchdog), ``policy_loader`` (checkpoints and weights on a
+worker thread, staged and swapped between frames), ``policy_messages``, ``policy_settings``
+and ``policy_diagnostics``. Threads: docs/policy_node.md. A lifecycle node after ros2/demos
+lifecycle_py; it configures and activates itself unless ``autostart:=false``.
 """
 
 from __future__ import annotations
@@ -25,10 +19,7 @@ import time
 from av_td3_interfaces.msg import PolicyWeights, StepFeedback, TrainerStats, Transition
 from av_td3_interfaces.srv import LoadCheckpoint
 from av_td3_ros.actor import (
-    ActorCore, BRAKE_ACTION, Feedback, pose_from_odometry,
-    route_from_points)
-from av_td3_ros.checkpoint import CheckpointError
-from av_td3_ros.policy_messages import control_builder, stamp_to_ns, transition_message
+    ActorCore, BRAKE_ACTION, Feedback, pose_from_odometry, route_from_points)
 from av_td3_ros.image_cdr import (
     RawImage, read_image, SerializedImageError, UnsupportedEncapsulation)
 from av_td3_ros.nodes.allocator import keep_large_buffers
@@ -36,6 +27,7 @@ from av_td3_ros.observation import ObservationError
 from av_td3_ros.pairing import Frame, InputPairing
 from av_td3_ros.policy_diagnostics import policy_status, policy_values
 from av_td3_ros.policy_loader import build_policy, PolicyLoader
+from av_td3_ros.policy_messages import control_builder, stamp_to_ns, transition_message
 from av_td3_ros.policy_settings import (
     descriptor, PARAMETERS, read_settings, Settings, STRING_ARRAY)
 from av_td3_ros.responder import Responder
@@ -57,6 +49,7 @@ import torch
 NODE_NAME = 'av_td3_policy'
 WATCHDOG_PERIOD_S = 0.05
 LOG_THROTTLE_S = 2.0
+
 
 def _decode_image(serialized: bytes) -> RawImage:
     """Read a camera frame's bytes; rclpy decodes the (rare) encapsulations ours does not."""
@@ -156,8 +149,8 @@ class PolicyNode(LifecycleNode):
             settings.input_timeout, self._build_control,
             lambda control: self._control_pub.publish(control), self._publish_transition,
             self.get_logger())
-        generation = self._loader.open(settings.checkpoint_dir, settings.allowed_dirs,
-                                       settings.device)
+        generation = self._loader.begin(settings.checkpoint_dir, settings.allowed_dirs,
+                                        settings.device)
         if settings.checkpoint_path:
             self._load_initial_checkpoint(generation, settings.checkpoint_path)
         try:
@@ -369,21 +362,17 @@ class PolicyNode(LifecycleNode):
         if generation is None:
             return
         try:
-            why, staged = await self._in_worker(
-                self._loader.review_weights, msg.format, msg.data.tobytes(), msg.sha256,
+            outcome, why = await self._in_worker(
+                self._loader.take_weights, msg.format, msg.data.tobytes(), msg.sha256,
                 msg.version, msg.total_it, POLICY_WEIGHTS, generation)
         except Exception as exc:  # bad bytes must not take the node down
             self._run.stats.counts['weights_refused'] += 1
             self.get_logger().error(f'refused policy weights version {msg.version}: {exc}')
             return
-        if staged is None:
-            if 'already in use' not in why:
-                self._run.stats.counts['weights_refused'] += 1
-                self.get_logger().warning(f'refused policy weights: {why}',
-                                          throttle_duration_sec=LOG_THROTTLE_S)
-            return
-        # refused if cleaned up or reconfigured meanwhile: weights of the past
-        self._loader.stage(staged, generation, weights=(msg.version, msg.sha256.lower()))
+        if outcome == 'refused':
+            self._run.stats.counts['weights_refused'] += 1
+            self.get_logger().warning(f'refused policy weights: {why}',
+                                      throttle_duration_sec=LOG_THROTTLE_S)
 
     def _publish_transition(self, transition) -> None:
         self._transitions_pub.publish(transition_message(
@@ -415,31 +404,15 @@ class PolicyNode(LifecycleNode):
                                   response: LoadCheckpoint.Response) -> LoadCheckpoint.Response:
         """Load a checkpoint or policy export; any failure leaves the running policy as it is."""
         generation = self._loader.generation
-        response.success = False
         if generation is None:
-            response.message = 'the node is not configured'
+            response.success, response.message = False, 'the node is not configured'
             return response
-        try:
-            staged = await self._in_worker(self._loader.read_checkpoint, request.path,
-                                           generation)
-        except CheckpointError as exc:
-            response.message = f'refused: {exc}'
-        except Exception as exc:  # report in words, keep the old weights
-            response.message = f'refused: {request.path!r} could not be loaded: {exc}'
-        else:
-            response.success = self._loader.stage(staged, generation)
-            if not response.success:
-                response.message = (f'refused: the node was cleaned up or reconfigured while '
-                                    f'{request.path!r} was read; nothing changed')
+        response.success, response.message, staged = await self._in_worker(
+            self._loader.serve_request, request.path, generation)
         if response.success:
-            response.total_it = staged.total_it
-            response.sha256 = staged.sha256
-            response.message = (f'loaded {staged.source} (total_it {staged.total_it}); in use '
-                                'from the next camera frame')
-        # (rclpy ties a severity to each logging call site)
-        if response.success:
+            response.total_it, response.sha256 = staged.total_it, staged.sha256
             self.get_logger().info(f'~/load_checkpoint: {response.message}')
-        else:
+        else:      # (rclpy ties a severity to each logging call site)
             self.get_logger().warning(f'~/load_checkpoint: {response.message}')
         return response
 
