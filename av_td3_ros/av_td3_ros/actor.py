@@ -18,13 +18,14 @@ from __future__ import annotations
 from collections import deque, OrderedDict
 from dataclasses import dataclass
 import hashlib
+import itertools
 import math
 import time
 from typing import NamedTuple, Protocol
 
 from av_td3_ros.observation import (
     build_vector, FrameStack, image_to_gray, ObservationError, ObservationSpec, Route,
-    yaw_from_quaternion)
+    wrap_angle, yaw_from_quaternion)
 import numpy as np
 
 # Full brake, wheels straight: what the actor sends whenever it must not drive.
@@ -131,15 +132,98 @@ class OdometryBuffer:
         """
         Return the pose for ``stamp`` under stamp pairing, or None to wait for it.
 
-        The pose of this very stamp when present; otherwise, once a later pose has arrived (the
-        one of this stamp was never published or got lost), the nearest one.
+        The pose of this very stamp when present; otherwise the pose with the nearest stamp as
+        soon as it is known to be the nearest: once a later pose has arrived (the one of this
+        stamp was never published, got lost, or the odometry runs at another rate or phase than
+        the camera), or when the newest earlier pose is less than half the odometry's shortest
+        recent interval before ``stamp`` (no pose still to come can be nearer, so an odometry
+        stamped slightly before its camera frame is not kept waiting for the next one).
         """
         pose = self._poses.get(stamp)
         if pose is not None:
             return pose
-        if self._poses and max(self._poses) > stamp:
+        if not self._poses:
+            return None
+        newest = max(self._poses)
+        if newest > stamp:
             return self.nearest(stamp)
+        interval = self.min_interval()
+        if interval is not None and 2 * (stamp - newest) < interval:
+            return self._poses[newest]
         return None
+
+    def min_interval(self) -> int | None:
+        """Return the shortest interval between the buffered stamps (None: fewer than two)."""
+        stamps = sorted(self._poses)
+        gaps = [b - a for a, b in itertools.pairwise(stamps) if b > a]
+        return min(gaps) if gaps else None
+
+
+# -- route changes ------------------------------------------------------------------------------
+
+# A route continues the current one when it joins it within a lane width, runs the same way and
+# the vehicle is on it (DESIGN §5 terminates an episode at 2.5 m lateral deviation).
+ROUTE_JOIN_M = 3.5
+ON_ROUTE_M = 3.5
+
+
+class RouteChange(NamedTuple):
+    """What a route message means: a continuation of the current task or a new one."""
+
+    new_task: bool
+    reason: str
+
+
+def _to_polyline(xy: np.ndarray, x: float, y: float) -> tuple[float, float]:
+    """Return (distance, heading of the nearest segment) from the point to the polyline."""
+    a, seg = xy[:-1], np.diff(xy, axis=0)
+    length2 = np.maximum((seg ** 2).sum(axis=1), 1e-18)
+    t = np.clip(((x - a[:, 0]) * seg[:, 0] + (y - a[:, 1]) * seg[:, 1]) / length2, 0.0, 1.0)
+    d2 = (a[:, 0] + t * seg[:, 0] - x) ** 2 + (a[:, 1] + t * seg[:, 1] - y) ** 2
+    best = int(np.argmin(d2))
+    return math.sqrt(float(d2[best])), math.atan2(seg[best, 1], seg[best, 0])
+
+
+def _start_heading(xy: np.ndarray) -> float:
+    seg = np.diff(xy, axis=0)
+    moving = np.flatnonzero(np.hypot(seg[:, 0], seg[:, 1]) > 1e-6)
+    first = seg[moving[0]] if len(moving) else seg[0]
+    return math.atan2(first[1], first[0])
+
+
+def classify_route(current: Route | None, new: Route, pose: Pose | None) -> RouteChange:
+    """
+    Decide whether ``new`` continues the route in use or starts a new task.
+
+    Planners re-publish their route (the same plan, or one refreshed from where the vehicle
+    is, each with a new stamp); that must not restart the frame stack. ``new`` continues
+    ``current`` when the waypoints are the same, or when all of these hold: its start lies
+    within ``ROUTE_JOIN_M`` of the current route (or the current start within that of it:
+    the route was extended backwards), it runs the same way there (headings within 90°), and
+    the vehicle's latest pose, when one is known, lies within ``ON_ROUTE_M`` of it. Anything
+    else (the first route, a route elsewhere, a jump of its start, a reversed route, a route
+    the vehicle is not on) is a new task.
+    """
+    if current is None:
+        return RouteChange(True, 'first route')
+    if current.xy.shape == new.xy.shape and np.array_equal(current.xy, new.xy):
+        return RouteChange(False, 'the same route again')
+    start_gap, old_heading = _to_polyline(current.xy, *new.xy[0])
+    back_gap, new_heading = _to_polyline(new.xy, *current.xy[0])
+    if min(start_gap, back_gap) > ROUTE_JOIN_M:
+        return RouteChange(True, f'its start is {start_gap:.1f} m from the current route')
+    if start_gap <= ROUTE_JOIN_M:     # it starts on the current route (refreshed, pruned)
+        turn = wrap_angle(_start_heading(new.xy) - old_heading)
+    else:                             # the current route starts on it (extended backwards)
+        turn = wrap_angle(_start_heading(current.xy) - new_heading)
+    if abs(turn) > math.pi / 2:
+        return RouteChange(True, f'it runs {math.degrees(abs(turn)):.0f} degrees against '
+                                 'the current route')
+    if pose is not None:
+        off, _ = _to_polyline(new.xy, pose.x, pose.y)
+        if off > ON_ROUTE_M:
+            return RouteChange(True, f'the vehicle is {off:.1f} m from it')
+    return RouteChange(False, 'it continues the current route')
 
 
 @dataclass(frozen=True)
@@ -257,10 +341,18 @@ class ActorCore:
         if policy is not None and policy.spec != self.spec:
             self._set_spec(policy.spec)
 
-    def set_route(self, route: Route) -> None:
-        """Follow a new route; a new route starts a new frame stack (a new task)."""
+    def set_route(self, route: Route, pose: Pose | None = None) -> RouteChange:
+        """
+        Follow ``route``; a new task (``classify_route``) starts a new frame stack.
+
+        ``pose`` is the vehicle's latest pose (None: unknown). A route that continues the
+        current one (a planner re-publishing or refreshing its plan) keeps the stack.
+        """
+        change = classify_route(self.route, route, pose)
         self.route = route
-        self._reset_stack()
+        if change.new_task:
+            self._reset_stack()
+        return change
 
     # -- inputs -------------------------------------------------------------------------------
 

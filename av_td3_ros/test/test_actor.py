@@ -4,9 +4,9 @@ import hashlib
 import math
 
 from av_td3_ros.actor import (
-    ActorCore, BRAKE_ACTION, Feedback, InsertBudget, NO_POLICY_REASON, OdometryBuffer, Pose,
-    pose_from_odometry, review_weights, RollingStats, route_from_points, stale_input_reason,
-    twist_from_control, TWIST_FULL_THROTTLE)
+    ActorCore, BRAKE_ACTION, classify_route, Feedback, InsertBudget, NO_POLICY_REASON,
+    OdometryBuffer, Pose, pose_from_odometry, review_weights, RollingStats, route_from_points,
+    stale_input_reason, twist_from_control, TWIST_FULL_THROTTLE)
 from av_td3_ros.config import TD3Config
 from av_td3_ros.networks import build_actor, build_cnn
 from av_td3_ros.observation import (
@@ -102,6 +102,21 @@ def test_odometry_buffer_pairs_by_stamp_and_waits_for_a_late_pose():
     assert buffer.match(700) == POSE
 
 
+def test_odometry_buffer_pairs_a_slightly_early_pose_at_once():
+    ms = 1_000_000
+    buffer = OdometryBuffer()
+    buffer.add(3 * ms, POSE._replace(x=3.0))
+    assert buffer.match(5 * ms) is None            # one pose: its rate is unknown, wait
+    buffer.add(23 * ms, POSE._replace(x=23.0))     # 50 Hz, 3 ms after the camera's phase
+    assert buffer.match(30 * ms).x == 23.0         # 7 ms < 20 / 2: none to come is nearer
+    assert buffer.match(35 * ms) is None           # 12 ms: the one at 43 may be nearer
+    buffer.add(43 * ms, POSE._replace(x=43.0))
+    assert buffer.match(35 * ms).x == 43.0
+    assert buffer.match(50 * ms).x == 43.0
+    assert buffer.match(53 * ms) is None           # exactly half: the next one may tie
+    assert buffer.min_interval() == 20 * ms
+
+
 # -- deploy mode -------------------------------------------------------------------------------
 
 def test_deploy_action_is_the_policy_on_the_exact_stack_and_vector(policy_a):
@@ -166,13 +181,69 @@ def test_a_stamp_jump_or_a_new_route_restarts_the_stack(policy_a):
     back = core.step(5 * DT, frames[2], POSE).action          # simulator restarted
     np.testing.assert_allclose(back, expected_action(policy_a, [frames[2]])[0], atol=1e-6)
     core.step(6 * DT, frames[0], POSE)
-    core.set_route(route_from_points(STRAIGHT))
+    elsewhere = [(x, y + 50.0) for x, y in STRAIGHT]      # a route the vehicle is not on
+    assert core.set_route(route_from_points(elsewhere), POSE).new_task
     after_route = core.step(7 * DT, frames[3], POSE).action
-    np.testing.assert_allclose(after_route, expected_action(policy_a, [frames[3]])[0],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        after_route, expected_action(policy_a, [frames[3]], route=elsewhere)[0], atol=1e-6)
+    core.set_route(route_from_points(STRAIGHT))            # back: a new task again
     core.step(8 * DT, frames[0], POSE)
     jump = core.step(30 * DT, frames[1], POSE).action           # stalled input
     np.testing.assert_allclose(jump, expected_action(policy_a, [frames[1]])[0], atol=1e-6)
+
+
+def test_classify_route_continuations_and_new_tasks():
+    current = route_from_points(STRAIGHT)                 # x = 0 .. 198 m along y = 0
+
+    def change(points, pose=POSE):
+        return classify_route(current, route_from_points(points), pose)
+
+    assert classify_route(None, current, POSE) == (True, 'first route')
+    assert change(STRAIGHT) == (False, 'the same route again')
+    assert not change(STRAIGHT, Pose(0.0, 40.0, 0.0, 0.0)).new_task   # identical: whatever
+    continuing = {
+        'pruned behind the vehicle': STRAIGHT[1:],
+        'refreshed from the vehicle, shifted samples': [(3.0 + 2.0 * i, 0.4) for i in range(90)],
+        'resampled 1 m apart': [(0.5 + 1.0 * i, 0.0) for i in range(150)],
+        'extended backwards': [(-20.0 + 2.0 * i, 0.0) for i in range(60)],
+        'a shorter plan ahead': STRAIGHT[:10],
+        'a re-route branching off ahead': STRAIGHT[:5] + [(8.0, 2.0 * i) for i in range(1, 20)],
+    }
+    for what, points in continuing.items():
+        assert not change(points).new_task, what
+    new_tasks = {
+        'its start is 50.0 m': [(x, y + 50.0) for x, y in STRAIGHT],
+        'its start is 30.0 m': [(x, 30.0 - 2.0 * i) for i, (x, _) in enumerate(STRAIGHT)],
+        'against the current route': STRAIGHT[::-1],
+        'the vehicle is': ([(x, y + 3.0) for x, y in STRAIGHT[:3]] +
+                           [(6.0, 3.0 + 2.0 * i) for i in range(1, 20)]),
+    }
+    for why, points in new_tasks.items():
+        result = change(points, POSE if why != 'the vehicle is' else Pose(60.0, 0.0, 0.0, 5.0))
+        assert result.new_task and why in result.reason, (why, result)
+    assert not change(new_tasks['the vehicle is'], None).new_task   # no pose: overlap decides
+    assert change(STRAIGHT[50:], Pose(101.0, 0.0, 0.0, 0.0)).new_task is False
+    jump = change(STRAIGHT[50:], POSE)      # its start 100 m ahead, but on the current route
+    assert jump.new_task and 'the vehicle is' in jump.reason
+
+
+def test_a_re_published_or_refreshed_route_keeps_the_stack(policy_a):
+    core = ActorCore(policy_a.spec)
+    core.set_policy(policy_a, 1)
+    assert core.set_route(route_from_points(STRAIGHT), POSE).new_task
+    frames = [frame(i) for i in range(6)]
+    refreshed = [(1.0 + 2.0 * i, 0.0) for i in range(99)]
+    for i, f in enumerate(frames):
+        route = STRAIGHT if i % 2 else refreshed
+        assert not core.set_route(route_from_points(route), POSE).new_task
+        got = core.step((i + 1) * DT, f, POSE).action
+        np.testing.assert_allclose(
+            got, expected_action(policy_a, frames[:i + 1], route=route)[0], atol=1e-6)
+    elsewhere = [(x, y + 50.0) for x, y in STRAIGHT]
+    assert core.set_route(route_from_points(elsewhere), POSE).new_task
+    got = core.step(7 * DT, frames[0], POSE).action
+    np.testing.assert_allclose(
+        got, expected_action(policy_a, frames[:1], route=elsewhere)[0], atol=1e-6)
 
 
 def test_a_re_published_frame_is_not_stacked_twice(policy_a):

@@ -16,6 +16,7 @@ import types
 from av_td3_interfaces.msg import (
     PolicyWeights, StepFeedback, TrainerStats, Transition, VehicleControl)
 from av_td3_interfaces.srv import LoadCheckpoint
+from av_td3_ros import policy_loader
 from av_td3_ros.checkpoint import save_checkpoint
 from av_td3_ros.config import TD3Config
 from av_td3_ros.nodes.policy_node import PolicyNode
@@ -381,14 +382,14 @@ def alone(ros, vehicle, checkpoints, monkeypatch):
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
     reading, release = threading.Event(), threading.Event()
-    build = PolicyNode._build_policy
+    build = policy_loader.build_policy
 
-    def held_build(self, path, settings):
+    def held_build(path, device):
         if str(path).endswith('b.safetensors'):      # only the load under test is held
             reading.set()
             assert release.wait(60.0)
-        return build(self, path, settings)
-    monkeypatch.setattr(PolicyNode, '_build_policy', held_build)
+        return build(path, device)
+    monkeypatch.setattr(policy_loader, 'build_policy', held_build)
     client = ros.client.create_client(LoadCheckpoint, '/av_td3_policy/load_checkpoint')
     vehicle.clear()
     try:

@@ -1,0 +1,54 @@
+"""The policy node's parameter table and its validation, without ROS."""
+
+from av_td3_ros.policy_settings import (
+    descriptor, PARAMETERS, read_settings, STRING_ARRAY)
+import pytest
+
+
+def defaults() -> dict:
+    return {name: ([] if default == STRING_ARRAY else default)
+            for name, (default, _, _) in PARAMETERS.items()}
+
+
+def test_the_defaults_make_valid_settings():
+    settings = read_settings(defaults(), '/car1/av_td3_policy')
+    assert settings.topics.image == '/carla/ego_vehicle/rgb_front/image'
+    assert not settings.train and settings.control_output == 'native'
+    assert settings.image_reliable and settings.image_depth == 1
+    assert settings.odometry_by_stamp and settings.seed is None
+    assert settings.actor_id.endswith('/car1/av_td3_policy')
+
+
+def test_values_are_translated():
+    value = defaults() | {'mode': 'train', 'image_qos_reliability': 'best_effort',
+                          'image_qos_depth': 5, 'odometry_sync': 'latest', 'seed': 3,
+                          'allowed_checkpoint_dirs': ['', '/models'], 'actor_id': 'me',
+                          'role_name': 'car7'}
+    settings = read_settings(value, '/x')
+    assert settings.train and not settings.image_reliable and settings.image_depth == 5
+    assert not settings.odometry_by_stamp and settings.seed == 3
+    assert settings.allowed_dirs == ['/models'] and settings.actor_id == 'me'
+    assert settings.topics.control == '/carla/car7/vehicle_control_cmd'
+
+
+@pytest.mark.parametrize('name,value,says', [
+    ('mode', 'race', 'mode must be one of deploy, train'),
+    ('control_output', 'ackermann', 'control_output must be one of'),
+    ('image_qos_reliability', 'sometimes', 'image_qos_reliability must be one of'),
+    ('checkpoint_dir', '', 'checkpoint_dir must not be empty'),
+    ('device', 'gpu7', 'parameter device'),
+    ('role_name', 'car-1', 'role_name must be'),
+    ('trainer_stats_topic', '', 'trainer_stats_topic must not be empty'),
+])
+def test_bad_values_are_refused_naming_the_parameter(name, value, says):
+    with pytest.raises(ValueError, match=says):
+        read_settings(defaults() | {name: value}, '/x')
+
+
+def test_descriptors_carry_the_limits():
+    assert descriptor('mode').additional_constraints == 'one of: deploy, train'
+    timeout = descriptor('input_timeout').floating_point_range[0]
+    assert (timeout.from_value, timeout.to_value) == (0.01, 60.0)
+    depth = descriptor('image_qos_depth').integer_range[0]
+    assert (depth.from_value, depth.to_value) == (1, 100)
+    assert 'lifecycle manager' in descriptor('autostart').description
