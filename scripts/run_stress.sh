@@ -4,11 +4,8 @@
 # 4 in the normal suite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$(( (RANDOM % 100) + 1 ))}
-export ROS_AUTOMATIC_DISCOVERY_RANGE=${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}
-export FASTDDS_BUILTIN_TRANSPORTS=${FASTDDS_BUILTIN_TRANSPORTS:-LARGE_DATA}
-export FASTDDS_DEFAULT_PROFILES_FILE=${FASTDDS_DEFAULT_PROFILES_FILE:-$PWD/av_td3_ros/config/fastdds.xml}
-export PYTHONUNBUFFERED=1
+# shellcheck source=scripts/test_env.sh
+source scripts/test_env.sh
 export AV_TD3_STRESS_KILLS=${AV_TD3_STRESS_KILLS:-50}
 # AV_TD3_STRESS_STARTS: starts of the three-process training graph in a random order with random
 # delays, each checked for transitions within 20 s (default 100 here, 3 in the normal suite).

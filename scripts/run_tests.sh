@@ -3,12 +3,8 @@
 # a ROS domain of its own and discovery kept on the host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$(( (RANDOM % 100) + 1 ))}
-export ROS_AUTOMATIC_DISCOVERY_RANGE=${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}
-export FASTDDS_BUILTIN_TRANSPORTS=${FASTDDS_BUILTIN_TRANSPORTS:-LARGE_DATA}
-# camera-sized messages: a shared-memory segment that holds them (see the file's comment)
-export FASTDDS_DEFAULT_PROFILES_FILE=${FASTDDS_DEFAULT_PROFILES_FILE:-$PWD/av_td3_ros/config/fastdds.xml}
-export PYTHONUNBUFFERED=1
+# shellcheck source=scripts/test_env.sh
+source scripts/test_env.sh
 echo "[test] ROS_DOMAIN_ID=$ROS_DOMAIN_ID"
 # Run from the package directory, as `colcon test` does: the ament linters scan the cwd.
 cd av_td3_ros

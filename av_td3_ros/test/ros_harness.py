@@ -93,6 +93,18 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
     raise AssertionError(f'timed out after {timeout} s waiting for {what}')
 
 
+def tiny_graph(checkpoint_dir: Any, batch: int, learning_starts: int) -> dict[str, dict]:
+    """Return train_sim overrides for a fast graph: small camera, tiny networks, short episodes."""
+    return {
+        'av_td3_sim': {'camera_width': 84, 'camera_height': 84, 'max_episode_steps': 40},
+        'av_td3_policy': {'checkpoint_dir': str(checkpoint_dir), 'seed': 1},
+        'av_td3_trainer': {
+            'checkpoint_dir': str(checkpoint_dir), 'features_dim': 16, 'hidden': [16, 16],
+            'batch_size': batch, 'learning_starts': learning_starts,
+            'samples_per_insert': float(batch), 'spi_error_buffer': 8.0 * batch,
+            'broadcast_every': 5, 'stats_period': 0.25, 'num_threads': 1}}
+
+
 def overrides(params: dict[str, Any]) -> list[Parameter]:
     return [Parameter(name, value=value) for name, value in params.items()]
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from ros_harness import wait_for
+from ros_harness import tiny_graph, wait_for
 import torch
 
 pytestmark = pytest.mark.ros
@@ -61,16 +61,10 @@ class Watcher(Node):
 @pytest.fixture
 def graph(tmp_path):
     torch.set_num_threads(1)
-    bringup = Bringup('train_sim', overrides={
-        'av_td3_sim': {'camera_width': 84, 'camera_height': 84, 'max_episode_steps': 40,
-                       'seed': 3},
-        'av_td3_policy': {'checkpoint_dir': str(tmp_path), 'seed': 1},
-        'av_td3_trainer': {
-            'checkpoint_dir': str(tmp_path), 'features_dim': 16, 'hidden': [16, 16],
-            'batch_size': BATCH, 'learning_starts': LEARNING_STARTS, 'buffer_capacity': 1000,
-            'samples_per_insert': float(BATCH), 'spi_error_buffer': 8.0 * BATCH,
-            'checkpoint_every': 10, 'keep_checkpoints': 2, 'broadcast_every': 5,
-            'stats_period': 0.25, 'num_threads': 1}})
+    params = tiny_graph(tmp_path, BATCH, LEARNING_STARTS)
+    params['av_td3_sim']['seed'] = 3
+    params['av_td3_trainer'].update(buffer_capacity=1000, checkpoint_every=10, keep_checkpoints=2)
+    bringup = Bringup('train_sim', overrides=params)
     watcher = Watcher(context=bringup.context)
     bringup.add_node(watcher)
     bringup.spin_in_background()

@@ -23,7 +23,7 @@ from av_td3_ros.topics import TRAINER_STATS, TRANSITIONS
 import numpy as np
 import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from ros_harness import RosHarness, wait_for
+from ros_harness import RosHarness, tiny_graph, wait_for
 
 pytestmark = pytest.mark.ros
 
@@ -33,17 +33,11 @@ STARTS = int(os.environ.get('AV_TD3_STRESS_STARTS', '3'))
 FIRST_TRANSITION_S = 20.0
 
 
-def tiny_graph(checkpoint_dir) -> dict[str, dict]:
-    """Return overrides for a fast training graph: small camera, tiny networks, short episodes."""
-    return {
-        'av_td3_sim': {'camera_width': 84, 'camera_height': 84, 'max_episode_steps': 40},
-        'av_td3_policy': {'checkpoint_dir': str(checkpoint_dir), 'seed': 1},
-        'av_td3_trainer': {
-            'checkpoint_dir': str(checkpoint_dir), 'features_dim': 16, 'hidden': [16, 16],
-            'batch_size': BATCH, 'learning_starts': LEARNING_STARTS, 'buffer_capacity': 2000,
-            'samples_per_insert': float(BATCH), 'spi_error_buffer': 8.0 * BATCH,
-            'checkpoint_every': 0, 'broadcast_every': 5, 'stats_period': 0.25,
-            'num_threads': 1}}
+def fast_graph(checkpoint_dir) -> dict[str, dict]:
+    """Return the tiny graph of ros_harness, without periodic checkpoints."""
+    params = tiny_graph(checkpoint_dir, BATCH, LEARNING_STARTS)
+    params['av_td3_trainer'].update(buffer_capacity=2000, checkpoint_every=0)
+    return params
 
 
 class Watcher:
@@ -96,7 +90,7 @@ def _start_shuffled(graph: ProcessBringup, rng: random.Random) -> threading.Thre
 
 def test_training_graph_in_separate_processes_learns_and_saves(harness, tmp_path):
     output = io.StringIO()
-    graph = ProcessBringup('train_sim', overrides=tiny_graph(tmp_path), output=output)
+    graph = ProcessBringup('train_sim', overrides=fast_graph(tmp_path), output=output)
     watcher = Watcher(harness)
     try:
         _start_shuffled(graph, random.Random(0)).join()
@@ -134,7 +128,7 @@ def test_any_start_order_and_delay_trains(harness, tmp_path):
     try:
         for start in range(STARTS):
             output = io.StringIO()
-            graph = ProcessBringup('train_sim', overrides=tiny_graph(tmp_path / str(start)),
+            graph = ProcessBringup('train_sim', overrides=fast_graph(tmp_path / str(start)),
                                    output=output)
             try:
                 _start_shuffled(graph, rng).join()
