@@ -17,7 +17,7 @@ from av_td3_ros.observation import ObservationSpec
 import torch
 import yaml
 
-__all__ = ['ObservationSpec', 'ParameterInfo', 'TD3Config']
+__all__ = ['ObservationSpec', 'ParameterInfo', 'TD3Config', 'linear_schedule']
 
 CNN_VARIANTS = ('nature', 'legacy')
 PRECISIONS = ('auto', 'fp32', 'bf16')
@@ -158,11 +158,8 @@ class TD3Config:
 
     def exploration_std(self, env_steps: int) -> float:
         """Exploration noise std (times max_action) after ``env_steps`` steps of one actor."""
-        if self.exploration_noise_decay_steps <= 0:
-            return self.exploration_noise
-        frac = min(max(env_steps, 0) / self.exploration_noise_decay_steps, 1.0)
-        return self.exploration_noise + frac * (self.exploration_noise_final
-                                                - self.exploration_noise)
+        return linear_schedule(self.exploration_noise, self.exploration_noise_final,
+                               self.exploration_noise_decay_steps, env_steps)
 
     @property
     def updates_per_insert(self) -> float:
@@ -234,6 +231,13 @@ class TD3Config:
         data = self.to_dict()
         data.update(changes)
         return TD3Config.from_dict(data)
+
+
+def linear_schedule(start: float, final: float, steps: int, t: int) -> float:
+    """Go linearly from ``start`` (t = 0) to ``final`` (t >= steps); ``steps`` 0: ``start``."""
+    if steps <= 0:
+        return start
+    return start + min(max(t, 0) / steps, 1.0) * (final - start)
 
 
 def _check_scalar(name: str, value: Any, type_name: str, meta: dict) -> None:

@@ -237,3 +237,17 @@ def test_checkpoint_keeps_the_options_and_old_checkpoints_still_load(tmp_path):
     assert plain.total_it == 1
     assert torch.equal(plain.actor.fc1.weight, td3.actor.fc1.weight)
     assert json.loads(json.dumps(plain.config.to_dict()))['n_step'] == 1
+
+
+def test_the_actor_decays_its_exploration_noise_over_its_policy_actions():
+    from av_td3_ros.actor import ActorCore
+    core = ActorCore(train=True, exploration_noise=0.4, exploration_noise_final=0.0,
+                     exploration_noise_decay_steps=4, seed=0)
+    stds = []
+    for _ in range(6):
+        stds.append(core.exploration_std())
+        core.explore_steps += 1
+    assert stds == pytest.approx([0.4, 0.3, 0.2, 0.1, 0.0, 0.0])
+    assert ActorCore(train=True, exploration_noise=0.2).exploration_std() == 0.2
+    with pytest.raises(ValueError, match='decay_steps'):
+        ActorCore(exploration_noise_decay_steps=-1)
