@@ -260,7 +260,7 @@ class Progress:
 
     def line(self, env_steps: int, episodes: list[EpisodeRecord],
              stats: TrainerStats | None, waiting: float | None = None) -> str:
-        """Build the progress line (on a terminal: rewritten in place)."""
+        """Build the progress text (on a terminal: rewritten in place)."""
         now = time.monotonic()
         updates = int(stats.total_it) if stats else 0
         self._rates.append((now, env_steps, updates))
