@@ -5,7 +5,7 @@ ENV := source scripts/env.sh
 DEMO_MINUTES ?= 10
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test stress bench lint clean
+.PHONY: setup demo test stress bench bench-learning lint clean
 
 setup:
 	@bash scripts/setup.sh
@@ -22,6 +22,11 @@ stress: setup
 
 bench: setup
 	@$(ENV) && python bench/run_bench.py
+
+# ours vs Stable-Baselines3 TD3 learning on the gym env (bench/learning.json + .png);
+# BENCH_LEARNING_STEPS (env steps per run), BENCH_LEARNING_SEEDS, BENCH_LEARNING_JOBS
+bench-learning: setup
+	@$(ENV) && nice -n 10 python bench/bench_learning.py
 
 lint: setup
 	@$(ENV) && ruff check av_td3_ros bench

@@ -23,6 +23,7 @@ import math
 import time
 from typing import NamedTuple, Protocol
 
+from av_td3_ros.config import linear_schedule
 from av_td3_ros.observation import (
     build_vector, FrameStack, image_to_gray, ObservationError, ObservationSpec, Route,
     wrap_angle, yaw_from_quaternion)
@@ -295,11 +296,22 @@ class ActorCore:
     def __init__(self, spec: ObservationSpec | None = None, *, train: bool = False,
                  exploration_noise: float = 0.1, max_action: float = 1.0,
                  seed: int | None = None, history: int = 64,
-                 stamp_gap_reset_ns: int = 500_000_000) -> None:
-        if exploration_noise < 0:
-            raise ValueError(f'exploration_noise must be >= 0, got {exploration_noise}')
+                 stamp_gap_reset_ns: int = 500_000_000,
+                 exploration_noise_final: float | None = None,
+                 exploration_noise_decay_steps: int = 0) -> None:
+        if exploration_noise < 0 or (exploration_noise_final or 0.0) < 0:
+            raise ValueError(f'exploration noise must be >= 0, got {exploration_noise}, '
+                             f'{exploration_noise_final}')
+        if exploration_noise_decay_steps < 0:
+            raise ValueError(f'exploration_noise_decay_steps must be >= 0, got '
+                             f'{exploration_noise_decay_steps}')
         self.train = train
         self.exploration_noise = exploration_noise
+        # linear decay (DrQ-v2) over this actor's policy-driven train steps; 0 = constant
+        self.exploration_noise_final = (exploration_noise if exploration_noise_final is None
+                                        else exploration_noise_final)
+        self.exploration_noise_decay_steps = int(exploration_noise_decay_steps)
+        self.explore_steps = 0
         self.max_action = max_action
         self._rng = np.random.default_rng(seed)
         self._history = history
@@ -310,6 +322,11 @@ class ActorCore:
         self._set_spec(spec or ObservationSpec())
 
     # -- configuration ------------------------------------------------------------------------
+
+    def exploration_std(self) -> float:
+        """Exploration noise std (times max_action) for this actor's next policy action."""
+        return linear_schedule(self.exploration_noise, self.exploration_noise_final,
+                               self.exploration_noise_decay_steps, self.explore_steps)
 
     def _set_spec(self, spec: ObservationSpec) -> None:
         """Adopt an observation spec; a new frame shape starts a new stack, any change a chain."""
@@ -408,10 +425,13 @@ class ActorCore:
             if not np.isfinite(action).all():   # never send NaN to a vehicle
                 brake_reason = f'the policy returned a non-finite action {action.tolist()}'
                 action = BRAKE_ACTION.copy()
-            elif self.train and self.exploration_noise > 0:
-                noise = self._rng.normal(0.0, self.exploration_noise * self.max_action, 2)
-                action = np.clip(action + noise, -self.max_action, self.max_action
-                                 ).astype(np.float32)
+            elif self.train:
+                std = self.exploration_std()
+                self.explore_steps += 1
+                if std > 0:
+                    noise = self._rng.normal(0.0, std * self.max_action, 2)
+                    action = np.clip(action + noise, -self.max_action, self.max_action
+                                     ).astype(np.float32)
         transitions: list[TransitionData] = []
         if self.train:
             frame = self._frame(stamp)

@@ -17,7 +17,7 @@ from av_td3_ros.observation import ObservationSpec
 import torch
 import yaml
 
-__all__ = ['ObservationSpec', 'ParameterInfo', 'TD3Config']
+__all__ = ['ObservationSpec', 'ParameterInfo', 'TD3Config', 'linear_schedule']
 
 CNN_VARIANTS = ('nature', 'legacy')
 PRECISIONS = ('auto', 'fp32', 'bf16')
@@ -64,6 +64,22 @@ class TD3Config:
                            '(times max_action)', 0.0, 10.0)
     exploration_noise: float = _p(0.1, 'std of the Gaussian exploration noise of the actors '
                                   '(times max_action)', 0.0, 10.0)
+    exploration_noise_final: float = _p(
+        0.1, 'exploration noise std (times max_action) reached after '
+        'exploration_noise_decay_steps env steps, decaying linearly from exploration_noise '
+        '(as DrQ-v2); unused while exploration_noise_decay_steps is 0', 0.0, 10.0)
+    exploration_noise_decay_steps: int = _p(
+        0, 'env steps of an actor over which its exploration noise decays linearly from '
+        'exploration_noise to exploration_noise_final; 0 = constant exploration_noise',
+        0, 1_000_000_000)
+    augment_pad: int = _p(
+        0, 'DrQ random-shift augmentation of sampled stacks: replicate-pad by this many '
+        'pixels and crop back at a random offset (one shift per stack, the same for all its '
+        'frames, obs and next obs drawn independently); 0 = off (DrQ-v2 uses 4)', 0, 16)
+    n_step: int = _p(
+        1, 'n-step returns: the TD target sums up to n rewards along the stream and '
+        'bootstraps with gamma^k (stops at a terminal; at a truncation or a gap bootstraps '
+        'from the last true next observation); 1 = one-step TD3', 1, 100)
     actor_lr: float = _p(3e-4, 'Adam learning rate of actor + actor CNN', 1e-8, 1.0)
     critic_lr: float = _p(3e-4, 'Adam learning rate of critics + critic CNN', 1e-8, 1.0)
     batch_size: int = _p(256, 'transitions per update', 1, 65536)
@@ -140,6 +156,11 @@ class TD3Config:
             raise ValueError(f'cnn=legacy needs obs.image_size 84 (its LayerNorm shapes are '
                              f'fixed), got {self.obs.image_size}')
 
+    def exploration_std(self, env_steps: int) -> float:
+        """Exploration noise std (times max_action) after ``env_steps`` steps of one actor."""
+        return linear_schedule(self.exploration_noise, self.exploration_noise_final,
+                               self.exploration_noise_decay_steps, env_steps)
+
     @property
     def updates_per_insert(self) -> float:
         """Update-to-data ratio implied by samples_per_insert (0 = unlimited)."""
@@ -210,6 +231,13 @@ class TD3Config:
         data = self.to_dict()
         data.update(changes)
         return TD3Config.from_dict(data)
+
+
+def linear_schedule(start: float, final: float, steps: int, t: int) -> float:
+    """Go linearly from ``start`` (t = 0) to ``final`` (t >= steps); ``steps`` 0: ``start``."""
+    if steps <= 0:
+        return start
+    return start + min(max(t, 0) / steps, 1.0) * (final - start)
 
 
 def _check_scalar(name: str, value: Any, type_name: str, meta: dict) -> None:

@@ -95,6 +95,8 @@ class DemoMonitor(Node):
         self.env_steps = 0
         self.episodes: list[EpisodeRecord] = []
         self.stats: TrainerStats | None = None
+        self._stats_seen = 0        # trainer stats since the last progress line ...
+        self._stats_blocked = 0     # ... and how many said: rate limit reached, actors wait
         self._return = 0.0
         self._steps = 0
         self._last_key: tuple[int, int] | None = None
@@ -126,6 +128,16 @@ class DemoMonitor(Node):
     def _on_stats(self, msg: TrainerStats) -> None:
         with self._lock:
             self.stats = msg
+            self._stats_seen += 1
+            if msg.samples_per_insert > 0 and msg.insert_allowance == 0:
+                self._stats_blocked += 1
+
+    def pop_waiting(self) -> float | None:
+        """Share of trainer stats since the last call with the rate limit reached (None: none)."""
+        with self._lock:
+            seen, blocked = self._stats_seen, self._stats_blocked
+            self._stats_seen = self._stats_blocked = 0
+        return blocked / seen if seen else None
 
     def snapshot(self) -> tuple[int, list[EpisodeRecord], TrainerStats | None]:
         with self._lock:
@@ -236,7 +248,20 @@ class Progress:
         self._rates: deque[tuple[float, int, int]] = deque(maxlen=4)
 
     def show(self, env_steps: int, episodes: list[EpisodeRecord],
-             stats: TrainerStats | None) -> None:
+             stats: TrainerStats | None, waiting: float | None = None) -> None:
+        """
+        Print one line; ``waiting``: share of the time the actor waited for the learner.
+
+        While the learner's samples-per-insert limit is reached the policy node holds its
+        control, so the simulator re-publishes the frame (its 'no control for frame N' warning):
+        the line says that this is the rate limit at work, not a fault.
+        """
+        print(self.line(env_steps, episodes, stats, waiting), end='' if self._tty else '\n',
+              flush=True)
+
+    def line(self, env_steps: int, episodes: list[EpisodeRecord],
+             stats: TrainerStats | None, waiting: float | None = None) -> str:
+        """Build the progress text (on a terminal: rewritten in place)."""
         now = time.monotonic()
         updates = int(stats.total_it) if stats else 0
         self._rates.append((now, env_steps, updates))
@@ -249,10 +274,10 @@ class Progress:
                 f'env steps {env_steps} ({(env_steps - e0) / dt:.0f}/s) '
                 f'episodes {len(episodes)} | updates {updates} ({(updates - u0) / dt:.1f}/s) '
                 f'| last returns {returns} | distance m {distance}')
-        if self._tty:
-            print('\r' + line[:160].ljust(160), end='', flush=True)
-        else:
-            print(line, flush=True)
+        if waiting:
+            line += (f' | actor waiting for the learner (rate limit) {waiting:.0%} of the time'
+                     ' (sim re-publishes held frames)')
+        return '\r' + line[:200].ljust(200) if self._tty else line
 
     def close(self) -> None:
         if self._tty:
@@ -295,7 +320,7 @@ def train(deadline: float, results: Path, params_files: list[Path],
         while time.monotonic() < deadline:
             time.sleep(min(0.2, max(deadline - time.monotonic(), 0.0)))
             if time.monotonic() >= next_line:
-                progress.show(*monitor.snapshot())
+                progress.show(*monitor.snapshot(), monitor.pop_waiting())
                 next_line += PROGRESS_PERIOD_S
         progress.show(*monitor.snapshot())
         progress.close()

@@ -279,7 +279,8 @@ class Learner:
             with self._replay_lock:
                 if not self._can_sample_locked():
                     return False
-                batch = self.replay.sample(self.config.batch_size)
+                batch = self.replay.sample(self.config.batch_size, self.config.n_step,
+                                           self.config.gamma)
             self.td3.update(batch)
             total_it = self.td3.total_it
             now = time.monotonic()

@@ -63,6 +63,12 @@ PARAMETERS: dict[str, tuple] = {
                       'this many seconds', (0.01, 60.0)),
     'exploration_noise': (0.1, 'train mode: std of the Gaussian action noise (times '
                           'max_action)', (0.0, 10.0)),
+    'exploration_noise_final': (0.1, 'train mode: noise std (times max_action) reached after '
+                                'exploration_noise_decay_steps policy actions, decaying '
+                                'linearly from exploration_noise', (0.0, 10.0)),
+    'exploration_noise_decay_steps': (0, 'train mode: policy actions of this node over which '
+                                      'the noise decays; 0 = constant exploration_noise',
+                                      (0, 1_000_000_000)),
     'seed': (-1, 'seed of the exploration noise; -1: from the OS', (-1, 2**31 - 1)),
     'actor_id': ('', 'stream id in the transitions; empty: host:pid/namespace/name', None),
     'trainer_stats_topic': (TRAINER_STATS, 'train mode: TrainerStats of the learner, '
@@ -90,6 +96,8 @@ class Settings:
     sync_timeout: float
     input_timeout: float
     exploration_noise: float
+    exploration_noise_final: float
+    exploration_noise_decay_steps: int
     seed: int | None
     actor_id: str
     trainer_stats_topic: str
@@ -151,6 +159,8 @@ def read_settings(value: dict, fully_qualified_name: str) -> Settings:
         sync_timeout=value['sync_timeout'],
         input_timeout=value['input_timeout'],
         exploration_noise=value['exploration_noise'],
+        exploration_noise_final=value['exploration_noise_final'],
+        exploration_noise_decay_steps=value['exploration_noise_decay_steps'],
         seed=None if value['seed'] < 0 else value['seed'],
         actor_id=actor_id,
         trainer_stats_topic=value['trainer_stats_topic'],

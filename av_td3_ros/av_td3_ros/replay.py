@@ -43,6 +43,9 @@ class Batch:
     next_image: torch.Tensor   # (B, stack, H, W) uint8
     next_vector: torch.Tensor  # (B, vector_dim) float32
     not_done: torch.Tensor     # (B, 1) float32: 0 after termination, 1 otherwise (truncation too)
+    # (B, 1) float32: gamma^k * not_done of an n-step sample (k rewards summed in ``reward``);
+    # None for one-step samples (the target then uses gamma * not_done)
+    discount: torch.Tensor | None = None
 
 
 class ReplayBuffer:
@@ -72,6 +75,9 @@ class ReplayBuffer:
         self._action = np.zeros((self.capacity, self.action_dim), dtype=np.float32)
         self._reward = np.zeros(self.capacity, dtype=np.float32)
         self._terminated = np.zeros(self.capacity, dtype=np.uint8)
+        # ring position of the next transition of the same stream and episode (step + 1), or
+        # -1: what n-step sampling follows. A successor is newer, so it outlives its predecessor.
+        self._succ = np.full(self.capacity, -1, dtype=np.int32)
         self._reset_pointers()
         self.rng = np.random.default_rng(seed)
 
@@ -84,8 +90,10 @@ class ReplayBuffer:
         self._head = 0          # ring position of the oldest live transition
         self._size = 0
         self.inserts = 0        # transitions ever added (the rate limiter counts these)
-        # stream_id -> (episode_id, step, slot ids of the next observation's stack)
-        self._streams: dict[str, tuple[int, int, np.ndarray]] = {}
+        # stream_id -> (episode_id, step, slot ids of the next observation's stack, insert index
+        # of its last transition)
+        self._streams: dict[str, tuple[int, int, np.ndarray, int]] = {}
+        self._succ[:] = -1
 
     def __len__(self) -> int:
         return self._size
@@ -107,8 +115,8 @@ class ReplayBuffer:
             obs_frames, obs_vector, action, reward, next_frame, next_vector)
         stack = self.spec.frame_stack
         prev = self._streams.get(stream_id)
-        candidates = prev[2] if (prev is not None and prev[0] == episode_id
-                                 and prev[1] + 1 == step) else None
+        continues = prev is not None and prev[0] == episode_id and prev[1] + 1 == step
+        candidates = prev[2] if continues else None
         ids = np.zeros(stack, dtype=np.int32)
         new_frames: list[int] = []   # stack positions that need a fresh slot
         for k in range(stack):
@@ -130,6 +138,9 @@ class ReplayBuffer:
         self._refs[next_id] += 1
 
         pos = (self._head + self._size) % self.capacity
+        if continues and prev[3] >= self.inserts - self._size:   # predecessor still held
+            self._succ[(self._head + prev[3] - (self.inserts - self._size)) % self.capacity] = pos
+        self._succ[pos] = -1
         self._obs_ids[pos] = ids
         self._next_id[pos] = next_id
         self._action[pos] = action
@@ -138,7 +149,7 @@ class ReplayBuffer:
         self._size += 1
         self.inserts += 1
         self._streams[stream_id] = (int(episode_id), int(step),
-                                    np.append(ids[1:], np.int32(next_id)))
+                                    np.append(ids[1:], np.int32(next_id)), self.inserts - 1)
 
     def _validate(self, obs_frames, obs_vector, action, reward, next_frame, next_vector):
         size, stack = self.spec.image_size, self.spec.frame_stack
@@ -205,26 +216,71 @@ class ReplayBuffer:
         ids = np.concatenate([self._obs_ids[positions], self._next_id[positions, None]], axis=1)
         return (self._frames[ids], self._vectors[ids[:, -2]], self._vectors[ids[:, -1]])
 
-    def sample(self, batch_size: int) -> Batch:
-        """Sample uniformly with replacement; one vectorised gather, one copy to the device."""
+    def sample(self, batch_size: int, n_step: int = 1, gamma: float = 0.99) -> Batch:
+        """
+        Sample uniformly with replacement; one vectorised gather, one copy to the device.
+
+        ``n_step`` > 1 returns n-step samples (see ``n_step_chains``): ``reward`` holds the
+        discounted sum, ``next_*`` the true next observation of the chain's last transition and
+        ``discount`` gamma^k * not_done. The sampling RNG is drawn the same way for any n.
+        """
         if self._size == 0:
             raise ValueError('cannot sample from an empty replay buffer')
         positions = (self._head + self.rng.integers(0, self._size, size=batch_size)) \
             % self.capacity
-        frames, vector, next_vector = self._gather(positions)
         dev = self.device
-        frames_t = torch.from_numpy(frames).to(dev, non_blocking=True)
         stack = self.spec.frame_stack
 
         def to_dev(array: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(array).to(dev, non_blocking=True)
 
+        if n_step <= 1:
+            frames, vector, next_vector = self._gather(positions)
+            frames_t = torch.from_numpy(frames).to(dev, non_blocking=True)
+            return Batch(
+                image=frames_t[:, :stack], vector=to_dev(vector),
+                action=to_dev(self._action[positions]),
+                reward=to_dev(self._reward[positions, None]),
+                next_image=frames_t[:, 1:], next_vector=to_dev(next_vector),
+                not_done=to_dev(1.0 - self._terminated[positions, None].astype(np.float32)))
+        last, reward, discount, not_done = self.n_step_chains(positions, n_step, gamma)
+        ids = np.concatenate([self._obs_ids[positions], self._obs_ids[last, 1:],
+                              self._next_id[last, None]], axis=1)
+        frames_t = torch.from_numpy(self._frames[ids]).to(dev, non_blocking=True)
         return Batch(
-            image=frames_t[:, :stack], vector=to_dev(vector),
-            action=to_dev(self._action[positions]),
-            reward=to_dev(self._reward[positions, None]),
-            next_image=frames_t[:, 1:], next_vector=to_dev(next_vector),
-            not_done=to_dev(1.0 - self._terminated[positions, None].astype(np.float32)))
+            image=frames_t[:, :stack], vector=to_dev(self._vectors[ids[:, stack - 1]]),
+            action=to_dev(self._action[positions]), reward=to_dev(reward[:, None]),
+            next_image=frames_t[:, stack:], next_vector=to_dev(self._vectors[ids[:, -1]]),
+            not_done=to_dev(not_done[:, None]), discount=to_dev(discount[:, None]))
+
+    def n_step_chains(self, positions: np.ndarray, n_step: int, gamma: float
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """
+        Follow each ring position along its stream for up to ``n_step`` transitions.
+
+        Returns (last position, sum_{i<k} gamma^i r_i, gamma^k * not_done, not_done) with k
+        the transitions summed: the sum stops at a terminal (no bootstrap), and where the
+        episode goes on unseen (a truncation, a dropped message, the newest transitions) it
+        bootstraps with gamma^k from the true next observation of the last one summed.
+        """
+        last = np.asarray(positions, dtype=np.int64).copy()
+        reward = self._reward[last].astype(np.float32)
+        discount = np.full(len(last), gamma, dtype=np.float32)
+        done = self._terminated[last].astype(bool)
+        active = ~done
+        for _ in range(n_step - 1):
+            succ = self._succ[last]
+            step = active & (succ >= 0)
+            if not step.any():
+                break
+            nxt = succ[step]
+            last[step] = nxt
+            reward[step] += discount[step] * self._reward[nxt]
+            discount[step] *= np.float32(gamma)
+            done[step] = self._terminated[nxt].astype(bool)
+            active = step & ~done
+        not_done = (~done).astype(np.float32)
+        return last, reward, discount * not_done, not_done
 
     def transition(self, index: int) -> dict[str, np.ndarray]:
         """Return transition ``index`` (0 = oldest) rebuilt, as numpy arrays (for tests/tools)."""
@@ -244,7 +300,7 @@ class ReplayBuffer:
         """Bytes held by the storage arrays (allocated for full capacity)."""
         return sum(a.nbytes for a in (self._frames, self._vectors, self._refs, self._free,
                                       self._obs_ids, self._next_id, self._action,
-                                      self._reward, self._terminated))
+                                      self._reward, self._terminated, self._succ))
 
     def bytes_per_transition(self) -> float:
         """Measure the memory cost of one transition at capacity, from the arrays' nbytes."""
@@ -273,6 +329,8 @@ class ReplayBuffer:
         stream_ids = np.array([self._streams[s][2] for s in stream_names],
                               dtype=np.int32).reshape(len(stream_names), self.spec.frame_stack)
         obs_ids, next_id = self._obs_ids[order], self._next_id[order]
+        succ = self._succ[order]   # as indices into the saved (oldest-first) order
+        succ = np.where(succ >= 0, (succ - self._head) % self.capacity, -1).astype(np.int32)
         used = np.unique(np.concatenate([obs_ids.ravel(), next_id, stream_ids.ravel(), [0]]))
         remap = np.searchsorted(used, np.arange(len(self._frames))).astype(np.int32)
         meta = {'format': REPLAY_FORMAT, 'version': REPLAY_VERSION,
@@ -289,6 +347,8 @@ class ReplayBuffer:
             'stream_episode': np.array([self._streams[s][0] for s in stream_names], np.int64),
             'stream_step': np.array([self._streams[s][1] for s in stream_names], np.int64),
             'stream_ids': remap[stream_ids],
+            'succ': succ,
+            'stream_last': np.array([self._streams[s][3] for s in stream_names], np.int64),
         }
         frames = self._frames
 
@@ -349,6 +409,13 @@ class ReplayBuffer:
             and arrays['reward'].shape == (n,) and arrays['terminated'].shape == (n,)
             and arrays['stream_ids'].shape == (n_streams, stack)
             and arrays['stream_episode'].shape == arrays['stream_step'].shape == (n_streams,))
+        # files written before n-step sampling have no successor links: chains stop there
+        arrays.setdefault('succ', np.full(n, -1, dtype=np.int32))
+        arrays.setdefault('stream_last', np.full(n_streams, -1, dtype=np.int64))
+        shapes_ok = (shapes_ok and arrays['succ'].shape == (n,)
+                     and arrays['stream_last'].shape == (n_streams,)
+                     and bool(np.all((arrays['succ'] == -1) | (
+                         (arrays['succ'] > np.arange(n)) & (arrays['succ'] < n)))))
         ids = np.concatenate([arrays['obs_ids'].ravel(), arrays['next_id'],
                               arrays['stream_ids'].ravel()]) if shapes_ok else None
         if not shapes_ok or (len(ids) and (ids.min() < 0 or ids.max() >= n_frames)):
@@ -381,6 +448,7 @@ class ReplayBuffer:
         self._action[:n] = content['action']
         self._reward[:n] = content['reward']
         self._terminated[:n] = content['terminated']
+        self._succ[:n] = content['succ']
         self._size = n
         self.inserts = content['inserts']
         live = np.concatenate([self._obs_ids[:n].ravel(), self._next_id[:n]])
@@ -392,10 +460,11 @@ class ReplayBuffer:
         free = np.flatnonzero((slot > 0) & (self._refs == 0))
         self._free[:len(free)] = free[::-1]
         self._n_free = len(free)
-        for name, episode, step, sids in zip(content['stream_names'], content['stream_episode'],
-                                             content['stream_step'], content['stream_ids'],
-                                             strict=True):
-            self._streams[str(name)] = (int(episode), int(step), sids.astype(np.int32))
+        for name, episode, step, sids, last in zip(
+                content['stream_names'], content['stream_episode'], content['stream_step'],
+                content['stream_ids'], content['stream_last'], strict=True):
+            self._streams[str(name)] = (int(episode), int(step), sids.astype(np.int32),
+                                        int(last))
         self.rng = content['rng']
 
 

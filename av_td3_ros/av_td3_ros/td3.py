@@ -104,6 +104,8 @@ class TD3:
         self.noise_generator = torch.Generator(device=self.device)
         self.noise_generator.manual_seed(config.seed + 1)
         self.explore_rng = np.random.default_rng(config.seed + 2)
+        self.augment_generator = torch.Generator(device='cpu')
+        self.augment_generator.manual_seed(config.seed + 3)
         self.total_it = 0
         self._metric_sums = torch.zeros(len(METRICS), device=self.device)
         self._metric_counts = torch.zeros(len(METRICS), device=self.device)
@@ -145,6 +147,8 @@ class TD3:
 
     def update(self, batch: Batch) -> None:
         """One TD3 step: critic every call, actor + targets every ``policy_delay`` calls."""
+        if self.config.augment_pad:
+            batch = self.augment(batch)
         # Convert each image batch to float once; up to three CNN passes read each.
         batch = dataclasses.replace(
             batch, image=prepare_image(batch.image, self.channels_last),
@@ -170,7 +174,8 @@ class TD3:
             target_q1, target_q2 = self.critic_target(
                 self._features(self.critic_cnn_target, next_image), batch.next_vector,
                 next_action)
-            target_q = batch.reward + batch.not_done * cfg.gamma * torch.min(target_q1, target_q2)
+            discount = batch.not_done * cfg.gamma if batch.discount is None else batch.discount
+            target_q = batch.reward + discount * torch.min(target_q1, target_q2)
         q1, q2 = self.critic(
             self._features(self.critic_cnn, prepare_image(batch.image, self.channels_last)),
             batch.vector, batch.action)
@@ -179,6 +184,14 @@ class TD3:
         with torch.no_grad():
             self._record(0, critic_loss)
             self._record(2, q1.detach().mean())
+
+    def augment(self, batch: Batch) -> Batch:
+        """DrQ-v2 random shift of the sampled stacks (obs and next obs drawn independently)."""
+        pad = self.config.augment_pad
+        return dataclasses.replace(batch, image=random_shift(batch.image, pad,
+                                                             self.augment_generator),
+                                   next_image=random_shift(batch.next_image, pad,
+                                                           self.augment_generator))
 
     def update_actor(self, batch: Batch) -> None:
         """
@@ -226,7 +239,8 @@ class TD3:
         self._metric_sums.zero_()
         self._metric_counts.zero_()
         for _ in range(n_updates):
-            self.update(replay.sample(self.config.batch_size))
+            self.update(replay.sample(self.config.batch_size, self.config.n_step,
+                                      self.config.gamma))
         return self.pop_metrics()
 
     def pop_metrics(self) -> dict[str, float]:
@@ -254,7 +268,8 @@ class TD3:
                            'critic': self.critic_optimizer.state_dict()},
             'total_it': self.total_it,
             'rng': {'target_noise': self.noise_generator.get_state(),
-                    'explore': json.dumps(self.explore_rng.bit_generator.state)},
+                    'explore': json.dumps(self.explore_rng.bit_generator.state),
+                    'augment': self.augment_generator.get_state()},
             'config': self.config.to_dict(),
         }
 
@@ -277,6 +292,8 @@ class TD3:
                                      self.config.critic_lr)
                 self.total_it = int(state['total_it'])
                 self._set_noise_state(state['rng']['target_noise'])
+                if 'augment' in state['rng']:   # files before augmentation: keep the seed
+                    self.augment_generator.set_state(state['rng']['augment'])
                 explore = np.random.default_rng()
                 explore.bit_generator.state = json.loads(state['rng']['explore'])
                 self.explore_rng = explore
@@ -289,6 +306,7 @@ class TD3:
                                      self.config.critic_lr)
                 self.total_it = snapshot['total_it']
                 self.noise_generator.set_state(snapshot['rng']['target_noise'])
+                self.augment_generator.set_state(snapshot['rng']['augment'])
                 restored = np.random.default_rng()
                 restored.bit_generator.state = json.loads(snapshot['rng']['explore'])
                 self.explore_rng = restored
@@ -352,6 +370,33 @@ class TD3:
     def export_policy(self) -> bytes:
         """Serialise actor_cnn + actor with the config in the metadata (safetensors bytes)."""
         return export_policy_bytes(self.network_state(targets=False), self.config, self.total_it)
+
+
+def random_shift(image: torch.Tensor, pad: int,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """
+    Shift each stack of ``image`` (B, stack, H, W) by a random integer offset in [-pad, pad].
+
+    As DrQ-v2's RandomShiftsAug: replicate padding by ``pad`` pixels, then a crop back to H x W
+    at a uniform random offset, one offset per sample and the same for every frame of its
+    stack. Padding by slice copies and the crops as slices work on uint8 and keep dtype and
+    values (measured here ~2 ms for a batch of 64, against ~17 ms for uint8 index_select and
+    more for one gather of every pixel).
+    """
+    if pad <= 0:
+        return image
+    b, s, h, w = image.shape
+    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator).tolist()
+    padded = image.new_empty((b, s, h + 2 * pad, w + 2 * pad))
+    padded[:, :, pad:pad + h, pad:pad + w] = image
+    padded[:, :, :pad, pad:pad + w] = image[:, :, :1]            # replicate the edges
+    padded[:, :, pad + h:, pad:pad + w] = image[:, :, -1:]
+    padded[:, :, :, :pad] = padded[:, :, :, pad:pad + 1]
+    padded[:, :, :, pad + w:] = padded[:, :, :, pad + w - 1:pad + w]
+    out = torch.empty_like(image)
+    for i, (dy, dx) in enumerate(offsets):
+        out[i] = padded[i, :, dy:dy + h, dx:dx + w]
+    return out
 
 
 def export_policy_bytes(networks: dict[str, dict[str, torch.Tensor]], config: TD3Config,

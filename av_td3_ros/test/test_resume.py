@@ -15,15 +15,18 @@ from av_td3_ros.config import TD3Config
 from av_td3_ros.replay import ReplayBuffer
 from av_td3_ros.td3 import TD3
 import numpy as np
+import pytest
 import torch
 
 N = 3
 CONFIG = TD3Config(batch_size=6, learning_starts=0, buffer_capacity=64, num_threads=1, seed=7,
                    features_dim=128, hidden=(64, 64))
+# the DrQ-v2-style options: random shifts (their RNG is resumed too) and n-step sampling
+DRQ = CONFIG.replace(augment_pad=4, n_step=3)
 
 
-def _filled_replay() -> ReplayBuffer:
-    replay = ReplayBuffer(CONFIG.buffer_capacity, CONFIG.obs, seed=CONFIG.seed)
+def _filled_replay(config: TD3Config = CONFIG) -> ReplayBuffer:
+    replay = ReplayBuffer(config.buffer_capacity, config.obs, seed=config.seed)
     rng = np.random.default_rng(1)
     stack = np.zeros((4, 84, 84), np.uint8)
     vector = rng.standard_normal(53).astype(np.float32)
@@ -41,10 +44,11 @@ def _filled_replay() -> ReplayBuffer:
     return replay
 
 
-def _continue(checkpoint: str, out: str) -> None:
+def _continue(checkpoint: str, out: str, config_json: str) -> None:
     """Child process: load checkpoint + replay, N more updates, save the result."""
-    learner = TD3(CONFIG)
-    replay = ReplayBuffer(CONFIG.buffer_capacity, CONFIG.obs, seed=12345)
+    config = TD3Config.from_dict(json.loads(config_json))
+    learner = TD3(config)
+    replay = ReplayBuffer(config.buffer_capacity, config.obs, seed=12345)
     _, counters = load_checkpoint(checkpoint, learner, replay)
     learner.train(replay, N)
     save_checkpoint(out, learner, replay, counters)
@@ -65,19 +69,21 @@ def _flat(state, prefix=''):
     return {prefix: state}
 
 
-def test_resume_in_a_new_process_is_bitwise_exact(tmp_path):
+@pytest.mark.parametrize('config', [CONFIG, DRQ], ids=['td3', 'augment+n_step'])
+def test_resume_in_a_new_process_is_bitwise_exact(tmp_path, config):
     torch.set_num_threads(1)
-    straight = TD3(CONFIG)
-    straight_replay = _filled_replay()
+    straight = TD3(config)
+    straight_replay = _filled_replay(config)
     straight.train(straight_replay, 2 * N)
 
-    first = TD3(CONFIG)
-    first_replay = _filled_replay()
+    first = TD3(config)
+    first_replay = _filled_replay(config)
     first.train(first_replay, N)
     half = tmp_path / 'half.pth'
     save_checkpoint(half, first, first_replay, {'env_steps': 40})
     out = tmp_path / 'resumed.pth'
-    result = subprocess.run([sys.executable, __file__, str(half), str(out)],
+    result = subprocess.run([sys.executable, __file__, str(half), str(out),
+                             json.dumps(config.to_dict())],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
 
@@ -92,7 +98,7 @@ def test_resume_in_a_new_process_is_bitwise_exact(tmp_path):
                          else value == got[key])]
     assert not differing, f'resumed run differs from the straight run in {differing[:5]}'
     # the replay sampling RNG continued exactly too
-    check = ReplayBuffer(CONFIG.buffer_capacity, CONFIG.obs)
+    check = ReplayBuffer(config.buffer_capacity, config.obs)
     check.load(Path(out).with_name('resumed.replay.npz'))
     assert json.dumps(check.rng.bit_generator.state) == json.dumps(
         straight_replay.rng.bit_generator.state)
@@ -101,4 +107,4 @@ def test_resume_in_a_new_process_is_bitwise_exact(tmp_path):
 
 
 if __name__ == '__main__':
-    _continue(sys.argv[1], sys.argv[2])
+    _continue(sys.argv[1], sys.argv[2], sys.argv[3])

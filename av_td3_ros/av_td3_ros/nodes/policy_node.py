@@ -143,6 +143,9 @@ class PolicyNode(LifecycleNode):
         self._settings = settings
         self._core = ActorCore(train=settings.train,
                                exploration_noise=settings.exploration_noise,
+                               exploration_noise_final=settings.exploration_noise_final,
+                               exploration_noise_decay_steps=(
+                                   settings.exploration_noise_decay_steps),
                                seed=settings.seed,
                                stamp_gap_reset_ns=int(settings.input_timeout * 1e9))
         self._run = Responder(
