@@ -157,7 +157,7 @@ def test_trainer_killed_and_resumed_under_running_actors(tmp_path, mode):
         trainer_log = output.getvalue
         for round_ in range(CRASHES):
             # train until at least two periodic checkpoints are on disk
-            wait_for(lambda: len(PERIODIC_LOG.findall(trainer_log())) >= 2, 180,
+            wait_for(lambda log=trainer_log: len(PERIODIC_LOG.findall(log())) >= 2, 180,
                      f'two periodic checkpoints (round {round_}):\n{logs()}')
             before = traffic.latest()
             logged = PERIODIC_LOG.findall(trainer_log())
@@ -195,7 +195,7 @@ def test_trainer_killed_and_resumed_under_running_actors(tmp_path, mode):
             trainer_log = restart.text
             trainer_pid = restart.process.pid
             started = time.monotonic()
-            match = wait_for(lambda: RESUMED_LOG.search(restart.text()), 60,
+            match = wait_for(lambda r=restart: RESUMED_LOG.search(r.text()), 60,
                              f'the resume line (round {round_}):\n{logs()}')
             resumed_from, resumed_it = Path(match.group(1)), int(match.group(2))
             assert resumed_from == newest, f'resumed from {resumed_from}, newest is {newest}'
@@ -206,16 +206,18 @@ def test_trainer_killed_and_resumed_under_running_actors(tmp_path, mode):
             assert first.total_it >= resumed_it, f'total_it went back to {first.total_it}'
             first_buffer = first.buffer_size
             # the actor sends again without a restart of its own; the new trainer learns on
-            stats = wait_for(lambda: (s := traffic.latest()) and s.total_it >= resumed_it + 20
-                             and s, 120, f'20 updates after the resume (round {round_}):\n'
-                             f'{logs()}')
+            stats = wait_for(lambda n=resumed_it + 20: (s := traffic.latest()) and
+                             s.total_it >= n and s, 120,
+                             f'20 updates after the resume (round {round_}):\n{logs()}')
             back = time.monotonic() - started
             assert list(stats.actor_ids) and stats.actor_transitions[0] > 0
             assert policy.poll() is None, 'the policy node exited'
             # its first broadcast (the loaded weights) may carry a version number the actor
             # saw before; later ones go past every version of the killed trainer
-            wait_for(lambda: max((v for *_, v in traffic.since(started)[0]), default=0) >
-                     max(versions_before), 120, f'transitions made with weights of the resumed trainer:\n{logs()}')
+            newest_version = max(versions_before)
+            wait_for(lambda t=started, old=newest_version:
+                     max((v for *_, v in traffic.since(t)[0]), default=0) > old, 120,
+                     f'transitions made with weights of the resumed trainer:\n{logs()}')
             answer = harness.call(SaveCheckpoint, '/av_td3_trainer/save_checkpoint',
                                   SaveCheckpoint.Request(path=f'after_resume_{round_}.pth'))
             assert answer.success, answer.message

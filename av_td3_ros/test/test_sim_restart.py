@@ -134,13 +134,13 @@ def _check_new_run(recorder: Recorder, run: int) -> dict:
             if not np.array_equal(frames[i], stack[i]):
                 of_old = any(np.array_equal(frames[i], g) for g in old)
                 raise AssertionError(
-                    f'{where}: obs_frames[{i}] is not the new run\'s frame of step '
+                    f"{where}: obs_frames[{i}] is not the new run's frame of step "
                     f'{msg.step - (STACK - 1 - i)}' + (' (it is a frame of the old run)'
                                                        if of_old else '') +
                     ('; zero padding expected' if not stack[i].any() else ''))
         if not np.array_equal(next_frame, after):
             of_old = any(np.array_equal(next_frame, g) for g in old)
-            raise AssertionError(f'{where}: next_frame is not the new run\'s frame of step '
+            raise AssertionError(f"{where}: next_frame is not the new run's frame of step "
                                  f'{msg.step + 1}' + (' (it is a frame of the old run)'
                                                       if of_old else ''))
         tally['checked'] += 1
@@ -177,7 +177,7 @@ def test_sim_restart_never_mixes_runs_in_a_transition(tmp_path, kill_after):
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                     stderr=subprocess.STDOUT, start_new_session=True)
                 sims.append(sim)
-                wait_for(lambda: recorder.frames_of(run) >= CHECKED + 5, 120,
+                wait_for(lambda r=run: recorder.frames_of(r) >= CHECKED + 5, 120,
                          f'{CHECKED + 5} frames of run {run}:\n{output.getvalue()[-3000:]}')
                 # the last transitions of the checked stretch need their feedback too
                 time.sleep(1.0)
@@ -191,15 +191,15 @@ def test_sim_restart_never_mixes_runs_in_a_transition(tmp_path, kill_after):
                 figures.append(f'run {run}: {tally}')
                 assert policy.poll() is None, output.getvalue()[-3000:]
             if run < RESTARTS:
-                wait_for(lambda: recorder.frames_of(run) >= kill_after and
-                         recorder.transitions_of(run) >= 5, 120,
+                wait_for(lambda r=run: recorder.frames_of(r) >= kill_after and
+                         recorder.transitions_of(r) >= 5, 120,
                          f'{kill_after} frames and 5 transitions of run {run}:\n'
                          f'{output.getvalue()[-3000:]}')
                 frames = recorder.frames_of(run)
                 if kill_after < HISTORY:
                     assert frames < HISTORY, (
                         f'run {run} got to {frames} frames before the kill: not within the '
-                        f'policy\'s {HISTORY}-frame history, the case this run is for')
+                        f"policy's {HISTORY}-frame history, the case this run is for")
                 kills.append(frames)
     finally:
         recorder.close()
