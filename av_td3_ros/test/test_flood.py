@@ -7,12 +7,13 @@ Floods and slow consumers (issue 14): no queue may grow, memory stays flat, noth
   stamped with the wall clock at publish; the control answering it carries that stamp, so the
   test times image -> control. The latency of the last third of the run must not exceed the
   first third's (median x 2 + 20 ms) and its p99 stays under ``LATENCY_P99_S``; the policy's
-  RSS (sampled every 2 s after a 6 s warm-up) grows less than ``GROWTH_LIMIT_MB``.
+  RSS (sampled every 2 s after a 6 s warm-up) grows less than ``GROWTH_LIMIT_MB`` over the
+  second half of the run.
 - A trainer slower than its actor: the training graph with a realtime trainer doing batch-128
   updates of a full-size network on one thread, a replay buffer of ``CAPACITY`` (full early).
   The backlog (transitions the policy published, as this process received them, minus those the
   trainer counted) must not grow (by less than 200 at any sample, 100 at the end), and the
-  trainer's RSS stays flat.
+  trainer's RSS stays flat over the second half of the run.
 
 Duration ``AV_TD3_FLOOD_S`` (30 s in the normal suite, 300 s in ``make stress``).
 """
@@ -57,9 +58,17 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _rss_growth(samples: list[tuple[float, float]]) -> tuple[float, float, float]:
-    """Return (first, last, growth) in MB: medians of the first and last three samples."""
-    values = [v for _, v in samples]
-    first, last = statistics.median(values[:3]), statistics.median(values[-3:])
+    """
+    Return (first, last, growth) in MB: the RSS floor of the second half's first and last fifth.
+
+    The first half is warm-up: allocator pools and DDS buffers grow in steps of up to ~20 MB in
+    the first seconds under load (seen once in a 30 s run, flat at +0.1 MB over 150 s after).
+    The floor (minimum) leaves out what an update allocates and frees: the trainer's RSS swings
+    by the float copy of a batch (128 x 4 x 84 x 84 x 4 bytes = 13.8 MiB) with the sampling phase.
+    """
+    values = [v for _, v in samples[len(samples) // 2:]]
+    n = max(3, len(values) // 5)
+    first, last = min(values[:n]), min(values[-n:])
     return first, last, last - first
 
 
@@ -125,7 +134,8 @@ def test_camera_flood_keeps_latency_and_memory_bounded(tmp_path):
           f'{1e3 * _percentile(first, 99):.1f}, last third p50 {1e3 * statistics.median(last):.1f}'
           f' / p99 {1e3 * _percentile(last, 99):.1f}, max {1e3 * max(latencies):.1f}; '
           f'policy RSS {first_rss:.1f} -> {last_rss:.1f} MB ({growth:+.1f} MB, {len(rss)} '
-          f'samples); braked answers {sum(b > 0.99 for *_, b in during)}')
+          f'samples); braked answers {sum(b > 0.99 for *_, b in during)}\n  RSS samples (s, MB): '
+          + ', '.join(f'{t:.0f}:{v:.1f}' for t, v in rss))
     assert statistics.median(last) <= 2 * statistics.median(first) + 0.02, 'latency grows'
     assert _percentile(latencies, 99) < LATENCY_P99_S
     assert growth < GROWTH_LIMIT_MB, f'policy RSS grew {growth:.1f} MB'
@@ -190,7 +200,8 @@ def test_slow_trainer_keeps_backlog_and_memory_bounded(tmp_path):
           f'(batch 128: {updates * 128 / max(rate, 1e-9):.1f} samples per insert); backlog change '
           f'max {max(backlog)}, at the end {backlog[-1]} ({len(samples)} samples); trainer RSS '
           f'{first_rss:.1f} -> {last_rss:.1f} MB ({growth:+.1f}); actor missed '
-          f'{list(stats.actor_missed)}, out of order {list(stats.actor_out_of_order)}')
+          f'{list(stats.actor_missed)}, out of order {list(stats.actor_out_of_order)}\n  '
+          'trainer RSS samples (s, MB): ' + ', '.join(f'{t:.0f}:{v:.1f}' for t, v in rss))
     assert updates < rate, 'the trainer is not slower than its actor (fewer updates than inserts)'
     assert max(backlog) < 200 and backlog[-1] < 100, f'the backlog at the trainer grows: {backlog}'
     assert growth < GROWTH_LIMIT_MB, f'trainer RSS grew {growth:.1f} MB'
