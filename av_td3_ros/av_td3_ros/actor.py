@@ -319,6 +319,8 @@ class ActorCore:
         self._policy: PolicyLike | None = None
         self.policy_version = 0
         self.route: Route | None = None
+        self._run = 0                                  # restarts of the source seen so far
+        self._seen: dict[str, tuple[int, int]] = {}    # input -> (last stamp, run)
         self._set_spec(spec or ObservationSpec())
 
     # -- configuration ------------------------------------------------------------------------
@@ -375,6 +377,7 @@ class ActorCore:
 
     def add_feedback(self, feedback: Feedback) -> list[TransitionData]:
         """Record a frame's StepFeedback; return the transitions it completes (train mode)."""
+        self._note_stamp('feedback', feedback.stamp)
         if feedback.step == 0:
             self._start_episode_at(feedback.stamp)
         if not self.train:
@@ -399,6 +402,7 @@ class ActorCore:
         without a route, without a pose, and in deploy mode without a policy. In train mode
         without a policy yet it explores with uniform random actions (TD3's warm-up).
         """
+        self._note_stamp('image', stamp)
         stack = self._push(stamp, gray)
         vector = None
         if brake_reason is None and self.route is None:
@@ -447,6 +451,22 @@ class ActorCore:
         frame = self._frames.get(stamp)
         if frame is not None:
             frame.action = None
+
+    def _note_stamp(self, source: str, stamp: int) -> None:
+        """
+        Forget the recorded frames when the stamps of an input jump back (a restarted source).
+
+        A restarted simulator stamps from its epoch again and counts episodes from 0, so its
+        frames would find the old run's frames under their stamps and (episode, step) keys.
+        Whichever input sees the jump first starts the new run; the other one then follows.
+        """
+        last, run = self._seen.get(source, (None, self._run))
+        if stamp and last is not None and stamp < last and run == self._run:
+            self._run += 1
+            self._frames.clear()
+            self._by_step.clear()
+            self._episode_starts.clear()
+        self._seen[source] = (stamp, self._run)
 
     # -- frame stack --------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import serialize_message
 
@@ -267,8 +268,25 @@ class TrainerNode(Node):
         msg.format = 'safetensors'
         msg.data = update.data
         msg.sha256 = update.sha256
-        self._weights_pub.publish(msg)
+        if not self._publish(self._weights_pub, msg):
+            return
         self._version_published = update.version
+
+    def _publish(self, publisher: Publisher, msg: Any) -> bool:
+        """
+        Publish from any thread; False when the context went down (SIGINT) during shutdown.
+
+        The learner thread exports weights and stats until ``destroy_node`` stops it, which
+        comes after rclpy's signal handler invalidated the context: a publish in that window
+        raised "publisher's context is invalid" and ended the thread with a traceback.
+        """
+        try:
+            publisher.publish(msg)
+        except Exception:
+            if self.context.ok():
+                raise
+            return False
+        return True
 
     def _publish_stats(self) -> LearnerStats:
         stats = self.learner.stats()
@@ -291,7 +309,7 @@ class TrainerNode(Node):
             msg.actor_out_of_order.append(tally.out_of_order)
             msg.actor_missed.append(tally.missed)
             msg.actor_policy_versions.append(tally.policy_version)
-        self._stats_pub.publish(msg)
+        self._publish(self._stats_pub, msg)
         return stats
 
     def _on_stats_timer(self) -> None:
