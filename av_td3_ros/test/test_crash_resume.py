@@ -43,7 +43,7 @@ from av_td3_ros.topics import TRAINER_STATS, TRANSITIONS, VehicleTopics
 import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_harness import RosHarness, wait_for
-from test_graph_processes import tiny_graph
+from test_graph_processes import fast_graph
 
 pytestmark = [pytest.mark.ros, pytest.mark.stress]
 
@@ -135,7 +135,7 @@ class Restarted:
 @pytest.mark.parametrize('mode', ['synchronous', 'realtime'])
 def test_trainer_killed_and_resumed_under_running_actors(tmp_path, mode):
     ckpt = tmp_path / 'ckpt'
-    overrides = tiny_graph(ckpt)
+    overrides = fast_graph(ckpt)
     overrides['av_td3_trainer'].update(checkpoint_every=CHECKPOINT_EVERY, keep_checkpoints=3,
                                        mode=mode)
     output = io.StringIO()

@@ -39,7 +39,7 @@ import numpy as np
 import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_harness import RosHarness, wait_for
-from test_graph_processes import tiny_graph
+from test_graph_processes import fast_graph
 from test_soak import tree_rss_mb
 
 pytestmark = [pytest.mark.ros, pytest.mark.stress]
@@ -142,7 +142,7 @@ def test_camera_flood_keeps_latency_and_memory_bounded(tmp_path):
 
 
 def test_slow_trainer_keeps_backlog_and_memory_bounded(tmp_path):
-    overrides = tiny_graph(tmp_path)
+    overrides = fast_graph(tmp_path)
     overrides['av_td3_trainer'].update(
         mode='realtime', features_dim=512, hidden=[256, 256], batch_size=128,
         learning_starts=128, buffer_capacity=CAPACITY, num_threads=1, broadcast_every=20,

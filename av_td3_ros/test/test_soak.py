@@ -21,7 +21,7 @@ import time
 from av_td3_ros.nodes.bringup import ProcessBringup
 import pytest
 from ros_harness import RosHarness, wait_for
-from test_graph_processes import tiny_graph, Watcher
+from test_graph_processes import fast_graph, Watcher
 
 pytestmark = [pytest.mark.ros, pytest.mark.stress]
 
@@ -60,7 +60,7 @@ def slope_mb_per_min(times: list[float], values: list[float]) -> float:
 
 
 def test_training_graph_soak_keeps_rss_flat(tmp_path):
-    overrides = tiny_graph(tmp_path)
+    overrides = fast_graph(tmp_path)
     overrides['av_td3_trainer'].update(buffer_capacity=CAPACITY, checkpoint_every=500,
                                        keep_checkpoints=2)
     output = io.StringIO()
