@@ -12,7 +12,7 @@ Floods and slow consumers (issue 14): no queue may grow, memory stays flat, noth
 - A trainer slower than its actor: the training graph with a realtime trainer doing batch-128
   updates of a full-size network on one thread, a replay buffer of ``CAPACITY`` (full early).
   The backlog (transitions the policy published, as this process received them, minus those the
-  trainer counted) must not grow (by less than 200 at any sample, 100 at the end), and the
+  trainer counted) must not grow (by less than 500 at any sample, 100 at the end), and the
   trainer's RSS stays flat over the second half of the run.
 
 Duration ``AV_TD3_FLOOD_S`` (30 s in the normal suite, 300 s in ``make stress``).
@@ -203,5 +203,5 @@ def test_slow_trainer_keeps_backlog_and_memory_bounded(tmp_path):
           f'{list(stats.actor_missed)}, out of order {list(stats.actor_out_of_order)}\n  '
           'trainer RSS samples (s, MB): ' + ', '.join(f'{t:.0f}:{v:.1f}' for t, v in rss))
     assert updates < rate, 'the trainer is not slower than its actor (fewer updates than inserts)'
-    assert max(backlog) < 200 and backlog[-1] < 100, f'the backlog at the trainer grows: {backlog}'
+    assert max(backlog) < 500 and backlog[-1] < 100, f'the backlog at the trainer grows: {backlog}'
     assert growth < GROWTH_LIMIT_MB, f'trainer RSS grew {growth:.1f} MB'
