@@ -75,6 +75,7 @@ def _learning_starts(env_steps: int) -> int:
 def train_ours(scenario: int, seed: int, env_steps: int, overrides: dict) -> dict:
     """Train with the project's Learner on the gym env; return the curve and the act function."""
     from av_td3_ros.config import TD3Config
+    from av_td3_ros.exploration import ExplorationNoise
     from av_td3_ros.learner_loop import Learner, LearnerOptions
     import numpy as np
     import torch
@@ -87,6 +88,7 @@ def train_ours(scenario: int, seed: int, env_steps: int, overrides: dict) -> dic
         td3 = learner.td3
         env = _env(scenario)
         rng = np.random.default_rng(seed + 100)
+        noise = ExplorationNoise(2, rng, config.exploration_noise_beta)   # as ActorCore explores
         curve: list[dict] = []
         obs, _ = env.reset(seed=seed)
         episode = step = 0
@@ -95,8 +97,8 @@ def train_ours(scenario: int, seed: int, env_steps: int, overrides: dict) -> dic
             if t < config.learning_starts:
                 action = rng.uniform(-1.0, 1.0, 2).astype(np.float32)
             else:
-                action = td3.act(obs['image'], obs['vector'],
-                                 noise=config.exploration_std(t), rng=rng)
+                action = np.clip(td3.act(obs['image'], obs['vector'])
+                                 + noise.sample(config.exploration_std(t)), -1.0, 1.0)
             next_obs, reward, terminated, truncated, info = env.step(action)
             learner.insert('bench', episode, step, obs['image'], obs['vector'], action,
                            float(reward), next_obs['image'][-1], next_obs['vector'],
@@ -113,6 +115,7 @@ def train_ours(scenario: int, seed: int, env_steps: int, overrides: dict) -> dic
                 curve.append({'env_steps': t + 1, 'return': total,
                               'distance_m': float(info['distance_m'])})
                 obs, _ = env.reset()
+                noise.reset()
                 episode, step, total = episode + 1, 0, 0.0
         env.close()
         updates = td3.total_it
