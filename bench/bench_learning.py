@@ -10,9 +10,10 @@ limiter, TD3 update) fed transition by transition as the trainer node feeds it; 
 training, each policy drives fixed evaluation episodes (deterministic, seeds 10000+i), and so
 does the classical baseline (pure pursuit + PID) on the same seeds.
 
-The profile is the demo's compute-tuned trainer profile (config/demo.yaml: batch 64, 0.5 updates
-per env step, 64 CNN features, one torch thread) with plain TD3 (bc_alpha 0: SB3 has no BC term
-and this benchmark learns from the agent's own experience only, no demonstrations).
+The profile is the demo's plain-TD3 profile (config/demo.yaml: batch 64, 0.5 updates per env
+step, 64 CNN features, one torch thread, pink exploration noise 0.3 drawn per episode, 3-step
+returns; bc_alpha 0, no demonstrations). SB3 gets the same: the same noise generator through an
+``ActionNoise`` adapter and its own ``n_steps=3`` replay buffer.
 
     python bench/bench_learning.py                       # ours + sb3, 3 seeds, scenarios 0 1
     BENCH_LEARNING_STEPS=20000 make bench-learning       # a bigger budget
@@ -48,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 # the demo's trainer profile (config/demo.yaml) with plain TD3, scaled to the budget
 PROFILE = {'batch_size': 64, 'samples_per_insert': 32.0, 'spi_error_buffer': 640.0,
            'features_dim': 64, 'num_threads': 1, 'bc_alpha': 0.0, 'checkpoint_every': 0,
-           'exploration_noise': 0.1}
+           'exploration_noise': 0.3, 'exploration_noise_beta': 1.0, 'n_step': 3}
 METRICS = ('success_rate', 'mean_distance_m', 'mean_return', 'collisions_per_km',
            'mean_abs_lateral_deviation_m')
 
@@ -131,10 +132,25 @@ def train_sb3(scenario: int, seed: int, env_steps: int, overrides: dict) -> dict
     from stable_baselines3 import TD3 as SB3TD3
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.logger import configure
-    from stable_baselines3.common.noise import NormalActionNoise
+    from stable_baselines3.common.noise import ActionNoise
     import torch
     torch.set_num_threads(1)
+    from av_td3_ros.exploration import ExplorationNoise
     curve: list[dict] = []
+
+    class Noise(ActionNoise):
+        """The same exploration as ours (ExplorationNoise), reset at episode ends by SB3."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.noise = ExplorationNoise(2, np.random.default_rng(seed + 100),
+                                          PROFILE['exploration_noise_beta'])
+
+        def __call__(self) -> np.ndarray:
+            return self.noise.sample(PROFILE['exploration_noise'])
+
+        def reset(self) -> None:
+            self.noise.reset()
 
     class Curve(BaseCallback):
         def __init__(self) -> None:
@@ -159,8 +175,8 @@ def train_sb3(scenario: int, seed: int, env_steps: int, overrides: dict) -> dict
         'MultiInputPolicy', env, learning_rate=3e-4, buffer_size=env_steps,
         learning_starts=_learning_starts(env_steps), batch_size=PROFILE['batch_size'],
         tau=0.005, gamma=0.99, train_freq=(round(1 / upd), 'step'), gradient_steps=1,
-        action_noise=NormalActionNoise(np.zeros(2), np.full(2, PROFILE['exploration_noise'])),
-        policy_delay=2, target_policy_noise=0.2, target_noise_clip=0.5, seed=seed,
+        action_noise=Noise(), n_steps=PROFILE['n_step'], policy_delay=2,
+        target_policy_noise=0.2, target_noise_clip=0.5, seed=seed,
         device='cpu', policy_kwargs={
             'net_arch': [256, 256], 'share_features_extractor': False,
             'features_extractor_kwargs': {'cnn_output_dim': PROFILE['features_dim']}})
