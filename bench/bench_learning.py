@@ -12,8 +12,8 @@ does the classical baseline (pure pursuit + PID) on the same seeds.
 
 The profile is the demo's plain-TD3 profile (config/demo.yaml: batch 64, 0.5 updates per env
 step, 64 CNN features, one torch thread, pink exploration noise 0.3 drawn per episode, 3-step
-returns; bc_alpha 0, no demonstrations). SB3 gets the same: the same noise generator through an
-``ActionNoise`` adapter and its own ``n_steps=3`` replay buffer.
+returns; bc_alpha 0, no demonstrations). SB3 gets the same noise generator through an
+``ActionNoise`` adapter; its returns are 1-step (SB3's n-step buffer refuses Dict observations).
 
     python bench/bench_learning.py                       # ours + sb3, 3 seeds, scenarios 0 1
     BENCH_LEARNING_STEPS=20000 make bench-learning       # a bigger budget
@@ -175,7 +175,9 @@ def train_sb3(scenario: int, seed: int, env_steps: int, overrides: dict) -> dict
         'MultiInputPolicy', env, learning_rate=3e-4, buffer_size=env_steps,
         learning_starts=_learning_starts(env_steps), batch_size=PROFILE['batch_size'],
         tau=0.005, gamma=0.99, train_freq=(round(1 / upd), 'step'), gradient_steps=1,
-        action_noise=Noise(), n_steps=PROFILE['n_step'], policy_delay=2,
+        # n_steps stays 1: SB3 2.9's n-step buffer refuses Dict observations ("N-step returns
+        # are not supported for Dict observation spaces yet")
+        action_noise=Noise(), policy_delay=2,
         target_policy_noise=0.2, target_noise_clip=0.5, seed=seed,
         device='cpu', policy_kwargs={
             'net_arch': [256, 256], 'share_features_extractor': False,
