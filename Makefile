@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh
 DEMO_MINUTES ?= 10
-DEMO_PROFILE ?= td3
+DEMO_PROFILE ?= td3bc
 DEMO_SCENARIO ?= 0
 PYTEST_ARGS ?=
 

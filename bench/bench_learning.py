@@ -10,10 +10,11 @@ limiter, TD3 update) fed transition by transition as the trainer node feeds it; 
 training, each policy drives fixed evaluation episodes (deterministic, seeds 10000+i), and so
 does the classical baseline (pure pursuit + PID) on the same seeds.
 
-The profile is the demo's plain-TD3 profile (config/demo.yaml: batch 64, 0.5 updates per env
-step, 64 CNN features, one torch thread, pink exploration noise 0.3 drawn per episode, 3-step
-returns; bc_alpha 0, no demonstrations). SB3 gets the same noise generator through an
-``ActionNoise`` adapter; its returns are 1-step (SB3's n-step buffer refuses Dict observations).
+The profile is the demo's plain-TD3 profile (``make demo DEMO_PROFILE=td3``: batch 64, 0.5
+updates per env step, 64 CNN features, one torch thread, white exploration noise 0.1; bc_alpha 0,
+no demonstrations). SB3 explores with the same noise generator (``exploration.py``, through an
+``ActionNoise`` adapter), so a ``--variant`` of the noise colour applies to both; n-step variants
+are ours only (SB3's n-step buffer refuses Dict observations).
 
     python bench/bench_learning.py                       # ours + sb3, 3 seeds, scenarios 0 1
     BENCH_LEARNING_STEPS=20000 make bench-learning       # a bigger budget
@@ -49,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 # the demo's trainer profile (config/demo.yaml) with plain TD3, scaled to the budget
 PROFILE = {'batch_size': 64, 'samples_per_insert': 32.0, 'spi_error_buffer': 640.0,
            'features_dim': 64, 'num_threads': 1, 'bc_alpha': 0.0, 'checkpoint_every': 0,
-           'exploration_noise': 0.3, 'exploration_noise_beta': 1.0, 'n_step': 3}
+           'exploration_noise': 0.1, 'exploration_noise_beta': 0.0, 'n_step': 1}
 METRICS = ('success_rate', 'mean_distance_m', 'mean_return', 'collisions_per_km',
            'mean_abs_lateral_deviation_m')
 
@@ -127,7 +128,8 @@ def train_ours(scenario: int, seed: int, env_steps: int, overrides: dict) -> dic
 
 def train_sb3(scenario: int, seed: int, env_steps: int, overrides: dict) -> dict:
     """Train Stable-Baselines3 TD3 with the same networks and settings on the same env."""
-    del overrides
+    settings = {**PROFILE, **{k: v for k, v in overrides.items()
+                              if k in ('exploration_noise', 'exploration_noise_beta')}}
     import numpy as np
     from stable_baselines3 import TD3 as SB3TD3
     from stable_baselines3.common.callbacks import BaseCallback
@@ -144,10 +146,10 @@ def train_sb3(scenario: int, seed: int, env_steps: int, overrides: dict) -> dict
         def __init__(self) -> None:
             super().__init__()
             self.noise = ExplorationNoise(2, np.random.default_rng(seed + 100),
-                                          PROFILE['exploration_noise_beta'])
+                                          settings['exploration_noise_beta'])
 
         def __call__(self) -> np.ndarray:
-            return self.noise.sample(PROFILE['exploration_noise'])
+            return self.noise.sample(settings['exploration_noise'])
 
         def reset(self) -> None:
             self.noise.reset()

@@ -50,8 +50,8 @@ DEMO_SEED_BASE = 20_000          # demonstration episodes: yet other seeds
 DEMO_ACTOR_ID = 'demo/baseline'
 # --profile: the parameter files (config/, in order) and the default demonstration count
 PROFILES: dict[str, dict[str, Any]] = {
-    'td3': {'files': ['demo.yaml'], 'demonstrations': 0},
-    'td3bc': {'files': ['demo.yaml', 'demo_td3bc.yaml'], 'demonstrations': 3000},
+    'td3bc': {'files': ['demo.yaml'], 'demonstrations': 3000},
+    'td3': {'files': ['demo.yaml', 'demo_plain_td3.yaml'], 'demonstrations': 0},
 }
 PROGRESS_PERIOD_S = 5.0
 TAIL_RESERVE_S = 20.0            # save, shut-down, plotting, writing
@@ -472,15 +472,15 @@ def main(argv: list[str] | None = None) -> int:
                         help='more ROS parameters files after config/demo.yaml')
     parser.add_argument('--eval-episodes', type=int, default=5)
     parser.add_argument('--profile', choices=sorted(PROFILES),
-                        default=os.environ.get('DEMO_PROFILE') or 'td3',
-                        help='td3: plain TD3 from its own experience (default); td3bc: TD3+BC '
-                        'with demonstrations of the classical controller ($DEMO_PROFILE)')
+                        default=os.environ.get('DEMO_PROFILE') or 'td3bc',
+                        help='td3bc: TD3+BC with demonstrations of the classical controller '
+                        '(default); td3: plain TD3 from its own experience only ($DEMO_PROFILE)')
     parser.add_argument('--scenario', type=int, choices=(0, 1, 2),
                         default=int(os.environ.get('DEMO_SCENARIO') or 0),
                         help='0 empty road, 1 light traffic, 2 heavy ($DEMO_SCENARIO)')
     parser.add_argument('--demonstrations', type=int, default=None,
                         help='baseline-controller transitions fed to the trainer (default: the '
-                        "profile's, 0 for td3, 3000 for td3bc)")
+                        "profile's: 3000 for td3bc, 0 for td3)")
     parser.add_argument('--demonstration-noise', type=float, default=0.2,
                         help='Gaussian noise std added to the baseline actions')
     parser.add_argument('--eval-reserve-s', type=float, default=None,

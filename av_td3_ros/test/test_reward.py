@@ -36,10 +36,10 @@ def test_terms_are_named_in_order_and_sum_to_the_reward():
         assert r.terms[name] < 0, name
 
 
-def test_good_driving_is_about_plus_1_4_per_step_and_standing_still_earns_nothing():
+def test_good_driving_is_about_plus_072_per_step_and_standing_still_earns_nothing():
     good = compute_reward(_m(), W)
     still = compute_reward(_m(speed_mps=0.0, progress_delta_m=0.0), W)
-    assert 1.2 < good.reward <= 1.45
+    assert 0.6 < good.reward <= 1.0
     assert still.reward == pytest.approx(0.0)
     assert not (good.terminated or good.truncated or still.terminated)
 
