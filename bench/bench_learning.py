@@ -74,8 +74,8 @@ def _learning_starts(env_steps: int) -> int:
 
 def train_ours(scenario: int, seed: int, env_steps: int, overrides: dict) -> dict:
     """Train with the project's Learner on the gym env; return the curve and the act function."""
-    from av_td3_ros.config import TD3Config
-    from av_td3_ros.learner_loop import Learner, LearnerOptions
+    from av_td3_ros.learning.config import TD3Config
+    from av_td3_ros.learning.learner_loop import Learner, LearnerOptions
     import numpy as np
     import torch
     torch.set_num_threads(1)

@@ -43,8 +43,8 @@ def _environment() -> dict:
 def _write_policy(directory: pathlib.Path) -> pathlib.Path:
     import torch
 
-    from av_td3_ros.config import TD3Config
-    from av_td3_ros.td3 import TD3
+    from av_td3_ros.learning.config import TD3Config
+    from av_td3_ros.learning.td3 import TD3
     torch.manual_seed(0)
     path = directory / 'bench_policy.safetensors'
     path.write_bytes(TD3(TD3Config()).export_policy())

@@ -23,7 +23,7 @@ import math
 import time
 from typing import NamedTuple, Protocol
 
-from av_td3_ros.config import linear_schedule
+from av_td3_ros.learning.config import linear_schedule
 from av_td3_ros.observation import (
     build_vector, FrameStack, image_to_gray, ObservationError, ObservationSpec, Route,
     wrap_angle, yaw_from_quaternion)

@@ -57,10 +57,10 @@ import warnings
 import zipfile
 
 from av_td3_ros import __version__
-from av_td3_ros.config import TD3Config
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.learning.replay import atomic_write, ReplayBuffer, StagedFile
+from av_td3_ros.learning.td3 import export_policy_bytes, NETWORKS, POLICY_FORMAT, TD3
 from av_td3_ros.observation import ObservationSpec
-from av_td3_ros.replay import atomic_write, ReplayBuffer, StagedFile
-from av_td3_ros.td3 import export_policy_bytes, NETWORKS, POLICY_FORMAT, TD3
 import numpy as np
 import torch
 

@@ -351,10 +351,10 @@ def train(deadline: float, results: Path, params_files: list[Path],
 def eval_step_seconds(samples: int = 60) -> tuple[float, float]:
     """Time one env step and one policy inference here and now (to budget the evaluation)."""
     import gymnasium as gym
-    from av_td3_ros.config import TD3Config
+    from av_td3_ros.learning.config import TD3Config
     from av_td3_ros.policy import Policy
     import av_td3_ros.sim  # noqa: F401  (registers AvTd3Drive-v0)
-    from av_td3_ros.td3 import TD3
+    from av_td3_ros.learning.td3 import TD3
     policy = Policy.from_export_bytes(TD3(TD3Config()).export_policy())
     env = gym.make('AvTd3Drive-v0')
     obs, _ = env.reset(seed=0)

@@ -7,8 +7,8 @@ from av_td3_ros.actor import (
     ActorCore, BRAKE_ACTION, classify_route, Feedback, InsertBudget, NO_POLICY_REASON,
     OdometryBuffer, Pose, pose_from_odometry, review_weights, RollingStats, route_from_points,
     stale_input_reason, twist_from_control, TWIST_FULL_THROTTLE)
-from av_td3_ros.config import TD3Config
-from av_td3_ros.networks import build_actor, build_cnn
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.learning.networks import build_actor, build_cnn
 from av_td3_ros.observation import (
     build_vector, ObservationError, ObservationSpec, Route)
 from av_td3_ros.policy import Policy

@@ -5,10 +5,10 @@ import weakref
 import zipfile
 
 from av_td3_ros.checkpoint import load_checkpoint, save_checkpoint
-from av_td3_ros.config import TD3Config
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.learning.replay import Batch, ReplayBuffer
+from av_td3_ros.learning.td3 import random_shift, TD3
 from av_td3_ros.observation import ObservationSpec
-from av_td3_ros.replay import Batch, ReplayBuffer
-from av_td3_ros.td3 import random_shift, TD3
 import numpy as np
 import pytest
 import torch

@@ -22,8 +22,8 @@ from av_td3_ros.bags import BagError, STORAGES, TransitionBagWriter
 from av_td3_ros.checkpoint import (
     CheckpointError, CheckpointInfo, newest_checkpoint, remove_stale_temp_files,
     resolve_checkpoint_path)
-from av_td3_ros.config import TD3Config
-from av_td3_ros.learner_loop import (
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.learning.learner_loop import (
     Learner, LearnerOptions, LearnerStats, MODES, TensorBoardLog,
     WeightsUpdate)
 from av_td3_ros.nodes.allocator import keep_large_buffers

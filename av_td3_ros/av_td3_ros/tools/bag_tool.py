@@ -29,7 +29,7 @@ import time
 from av_td3_ros.bags import (
     bag_transitions, BagError, BagReader, BagWriter, expected_transitions, known_distros,
     RawTopics, replay_policy, resolve_source, SOURCES, STORAGES, TRANSITIONS_TOPIC)
-from av_td3_ros.config import TD3Config
+from av_td3_ros.learning.config import TD3Config
 import numpy as np
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
@@ -184,7 +184,7 @@ def offline_config(base: TD3Config, bc_alpha: float, n_transitions: int) -> TD3C
 
 def cmd_train(args: argparse.Namespace) -> int:
     # torch-heavy imports: only the learning commands pay for them (info/play/record start fast)
-    from av_td3_ros.learner_loop import Learner, LearnerOptions
+    from av_td3_ros.learning.learner_loop import Learner, LearnerOptions
     try:
         base = TD3Config.from_yaml(args.config) if args.config else TD3Config()
         if args.seed is not None:

@@ -22,9 +22,9 @@ import os
 from typing import Any
 
 from av_td3_ros import __version__
-from av_td3_ros.config import TD3Config
-from av_td3_ros.networks import build_actor, build_cnn, build_critic, prepare_image
-from av_td3_ros.replay import Batch, ReplayBuffer
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.learning.networks import build_actor, build_cnn, build_critic, prepare_image
+from av_td3_ros.learning.replay import Batch, ReplayBuffer
 import numpy as np
 from safetensors.torch import save as safetensors_save
 import torch

@@ -37,9 +37,9 @@ from typing import Any
 
 from av_td3_ros.checkpoint import (
     CheckpointInfo, load_checkpoint, save_checkpoint)
-from av_td3_ros.config import TD3Config
-from av_td3_ros.replay import ReplayBuffer, SamplesPerInsertLimiter
-from av_td3_ros.td3 import TD3
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.learning.replay import ReplayBuffer, SamplesPerInsertLimiter
+from av_td3_ros.learning.td3 import TD3
 import numpy as np
 import torch
 
