@@ -60,7 +60,7 @@ def _env(scenario: int):
 
 
 def _evaluate(act, scenario: int, episodes: int) -> dict:
-    from av_td3_ros.baseline import evaluate
+    from av_td3_ros.driving.classical_controller import evaluate
     env = _env(scenario)
     try:
         return evaluate(env, lambda obs, info: act(obs), episodes, seed=EVAL_SEED)
@@ -185,9 +185,9 @@ def run_one(job: dict) -> dict:
 
 def baseline_row(scenario: int, episodes: int) -> dict:
     """The classical driver (pure pursuit + PID, no range sensor) on the evaluation seeds."""
-    from av_td3_ros.baseline import PurePursuitController
+    from av_td3_ros.driving.classical_controller import PurePursuitController
     controller = PurePursuitController()
-    from av_td3_ros.baseline import evaluate
+    from av_td3_ros.driving.classical_controller import evaluate
     env = _env(scenario)
     try:
         return evaluate(env, lambda obs, info: controller.act(obs['vector']), episodes,

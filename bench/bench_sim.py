@@ -37,7 +37,7 @@ def gym_steps_per_s(steps: int = GYM_STEPS) -> tuple[float, float]:
     """
     import gymnasium as gym
 
-    from av_td3_ros.baseline import PurePursuitController
+    from av_td3_ros.driving.classical_controller import PurePursuitController
     import av_td3_ros.sim  # noqa: F401 - registers AvTd3Drive-v0
 
     env = gym.make('AvTd3Drive-v0', scenario=1)

@@ -22,10 +22,10 @@ import threading
 import time
 
 from ament_index_python.packages import get_package_share_directory, PackageNotFoundError
-from av_td3_ros.actor import (
+from av_td3_ros.driving.actor_core import (
     ActorCore, BRAKE_ACTION, Feedback, OdometryBuffer, PolicyLike, Pose, pose_from_odometry,
     route_from_points, StepResult, TransitionData)
-from av_td3_ros.observation import ObservationError, ObservationSpec
+from av_td3_ros.driving.observation import ObservationError, ObservationSpec
 from av_td3_ros.topics import TRANSITIONS, VehicleTopics
 import numpy as np
 from rosbags.highlevel import AnyReader, AnyReaderError

@@ -22,7 +22,7 @@ import math
 import random
 from typing import Any
 
-from av_td3_ros.observation import Route, wrap_angle
+from av_td3_ros.driving.observation import Route, wrap_angle
 from av_td3_ros.reward import (
     compute_reward, jerk_magnitude, RewardWeights, StepMeasurements, TERM_NAMES)
 import numpy as np

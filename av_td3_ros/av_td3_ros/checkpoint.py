@@ -57,10 +57,10 @@ import warnings
 import zipfile
 
 from av_td3_ros import __version__
+from av_td3_ros.driving.observation import ObservationSpec
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.replay import atomic_write, ReplayBuffer, StagedFile
 from av_td3_ros.learning.td3 import export_policy_bytes, NETWORKS, POLICY_FORMAT, TD3
-from av_td3_ros.observation import ObservationSpec
 import numpy as np
 import torch
 
@@ -263,7 +263,7 @@ def read_checkpoint(path: str | os.PathLike) -> RawCheckpoint:
         raise CheckpointError(f'{path_str}: empty file')
     sha = hashlib.sha256(data).hexdigest()
     if _is_safetensors(data):
-        from av_td3_ros.policy import parse_policy_export  # policy imports this module
+        from av_td3_ros.driving.policy import parse_policy_export  # policy imports this module
         config, _, _ = parse_policy_export(data, path_str)
         return RawCheckpoint(path_str, 'policy', sha, data, config)
     if not (data.startswith(b'PK\x03\x04') or data[0] == 0x80):
@@ -485,7 +485,7 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict:
                    state_dim=int(raw.content['state_dim']),
                    config=raw.config.to_dict())
     else:
-        from av_td3_ros.policy import parse_policy_export
+        from av_td3_ros.driving.policy import parse_policy_export
         _, _, metadata = parse_policy_export(raw.content, raw.path)
         out.update(version=int(metadata['version']), total_it=int(metadata['total_it']),
                    metadata={k: v for k, v in metadata.items() if k != 'config'},

@@ -196,7 +196,7 @@ def demonstrations(n: int, noise: float, track_seed: int, camera: dict[str, int]
     grey level); fresh episode seeds. The executed (noisy) action is stored, as for any actor.
     """
     import gymnasium as gym
-    from av_td3_ros.baseline import PurePursuitController
+    from av_td3_ros.driving.classical_controller import PurePursuitController
     import av_td3_ros.sim  # noqa: F401  (registers AvTd3Drive-v0)
     env = gym.make('AvTd3Drive-v0', scenario=scenario, track_seed=track_seed, camera=camera,
                    max_episode_steps=max_steps)
@@ -352,7 +352,7 @@ def eval_step_seconds(samples: int = 60) -> tuple[float, float]:
     """Time one env step and one policy inference here and now (to budget the evaluation)."""
     import gymnasium as gym
     from av_td3_ros.learning.config import TD3Config
-    from av_td3_ros.policy import Policy
+    from av_td3_ros.driving.policy import Policy
     import av_td3_ros.sim  # noqa: F401  (registers AvTd3Drive-v0)
     from av_td3_ros.learning.td3 import TD3
     policy = Policy.from_export_bytes(TD3(TD3Config()).export_policy())
@@ -486,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         'av_td3_sim': {'scenario': scenario, 'max_episode_steps': max_steps}},
         args.demonstrations, args.demonstration_noise)
 
-    from av_td3_ros.policy import Policy
+    from av_td3_ros.driving.policy import Policy
     policy = Policy.load(outcome['checkpoint_path'])
     seeds = [EVAL_SEED_BASE + i for i in range(args.eval_episodes)]
     eval_start = time.monotonic()

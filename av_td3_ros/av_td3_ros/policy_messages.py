@@ -13,8 +13,8 @@ import array
 from collections.abc import Callable
 
 from av_td3_interfaces.msg import Transition, VehicleControl
-from av_td3_ros.actor import TransitionData, twist_from_control
-from av_td3_ros.observation import action_to_control
+from av_td3_ros.driving.actor_core import TransitionData, twist_from_control
+from av_td3_ros.driving.observation import action_to_control
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Twist
 import numpy as np

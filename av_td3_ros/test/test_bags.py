@@ -21,7 +21,7 @@ from av_td3_ros import bags
 from av_td3_ros.bags import (
     bag_transitions, BagError, BagReader, BagWriter, project_typestore, RawTopics,
     replay_policy, TRANSITION_TYPE, TransitionBagWriter)
-from av_td3_ros.observation import build_vector, image_to_gray, ObservationSpec, Route
+from av_td3_ros.driving.observation import build_vector, image_to_gray, ObservationSpec, Route
 import numpy as np
 import pytest
 from rclpy.serialization import deserialize_message, serialize_message

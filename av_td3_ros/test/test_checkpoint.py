@@ -8,10 +8,10 @@ from av_td3_ros import checkpoint as ckpt
 from av_td3_ros.checkpoint import (
     CheckpointError, inspect_checkpoint, load_checkpoint, newest_checkpoint, read_checkpoint,
     replay_path_for, resolve_checkpoint_path, save_checkpoint, sha256_file)
+from av_td3_ros.driving.policy import Policy
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.replay import Batch, ReplayBuffer
 from av_td3_ros.learning.td3 import TD3
-from av_td3_ros.policy import Policy
 from legacy_checkpoint import write_legacy_checkpoint
 import numpy as np
 import pytest

@@ -32,10 +32,10 @@ from av_td3_interfaces.msg import Transition
 from av_td3_interfaces.srv import LoadCheckpoint, SaveCheckpoint
 from av_td3_ros.checkpoint import (
     CheckpointError, load_checkpoint, newest_checkpoint, read_checkpoint, sha256_file)
+from av_td3_ros.driving.observation import ObservationSpec
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.replay import ReplayBuffer
 from av_td3_ros.learning.td3 import TD3
-from av_td3_ros.observation import ObservationSpec
 import numpy as np
 import pytest
 from ros_harness import episode_transitions, RosHarness, wait_for

@@ -4,9 +4,9 @@ import hashlib
 import threading
 
 from av_td3_ros.checkpoint import CheckpointError
+from av_td3_ros.driving.policy_loader import build_policy, PolicyLoader
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.td3 import TD3
-from av_td3_ros.policy_loader import build_policy, PolicyLoader
 import pytest
 import torch
 

@@ -16,14 +16,14 @@ import types
 from av_td3_interfaces.msg import (
     PolicyWeights, StepFeedback, TrainerStats, Transition, VehicleControl)
 from av_td3_interfaces.srv import LoadCheckpoint
-from av_td3_ros import policy_loader
 from av_td3_ros.checkpoint import save_checkpoint
+from av_td3_ros.driving import policy_loader
+from av_td3_ros.driving.observation import (
+    action_to_control, build_vector, image_to_gray, ObservationSpec, Route)
+from av_td3_ros.driving.policy import Policy
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.td3 import TD3
 from av_td3_ros.nodes.policy_node import PolicyNode
-from av_td3_ros.observation import (
-    action_to_control, build_vector, image_to_gray, ObservationSpec, Route)
-from av_td3_ros.policy import Policy
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, Twist

@@ -29,11 +29,11 @@ import threading
 import time
 
 from av_td3_interfaces.msg import VehicleControl
+from av_td3_ros.driving.observation import (
+    action_to_control, build_vector, FrameStack, image_to_gray, Route)
+from av_td3_ros.driving.policy import Policy
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.td3 import TD3
-from av_td3_ros.observation import (
-    action_to_control, build_vector, FrameStack, image_to_gray, Route)
-from av_td3_ros.policy import Policy
 from av_td3_ros.topics import VehicleTopics
 from geometry_msgs.msg import PoseStamped
 from lifecycle_msgs.msg import State, Transition

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from av_td3_ros.observation import ObservationSpec
+from av_td3_ros.driving.observation import ObservationSpec
 import torch
 import yaml
 

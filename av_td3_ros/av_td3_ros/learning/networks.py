@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from av_td3_ros.observation import IMAGE_SCALINGS
+from av_td3_ros.driving.observation import IMAGE_SCALINGS
 import torch
 from torch import nn
 from torch.nn import functional as F

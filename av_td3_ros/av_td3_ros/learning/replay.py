@@ -24,7 +24,7 @@ from pathlib import Path
 import tempfile
 import zipfile
 
-from av_td3_ros.observation import ObservationSpec
+from av_td3_ros.driving.observation import ObservationSpec
 import numpy as np
 import torch
 

@@ -30,8 +30,8 @@ from av_td3_interfaces.msg import StepFeedback
 from av_td3_ros.carla_episode import (
     CarlaEpisode, CarlaEpisodeConfig, CarlaSetupError, CollisionRecord, EpisodePlan, FrameSync,
     LaneInvasionRecord, OdometrySample, RoutePlanningError, StepOutcome)
+from av_td3_ros.driving.observation import yaw_from_quaternion
 from av_td3_ros.nodes.executor import PooledExecutor, spin_until_shutdown
-from av_td3_ros.observation import yaw_from_quaternion
 from av_td3_ros.reward import load_reward_weights, TERM_NAMES
 from av_td3_ros.topics import DEFAULT_ROLE, VehicleTopics
 from geometry_msgs.msg import PoseStamped

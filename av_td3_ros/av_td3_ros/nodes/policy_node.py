@@ -18,20 +18,20 @@ import time
 
 from av_td3_interfaces.msg import PolicyWeights, StepFeedback, TrainerStats, Transition
 from av_td3_interfaces.srv import LoadCheckpoint
-from av_td3_ros.actor import (
+from av_td3_ros.driving.actor_core import (
     ActorCore, BRAKE_ACTION, Feedback, pose_from_odometry, route_from_points)
+from av_td3_ros.driving.observation import ObservationError
+from av_td3_ros.driving.pairing import Frame, InputPairing
+from av_td3_ros.driving.policy_diagnostics import policy_status, policy_values
+from av_td3_ros.driving.policy_loader import build_policy, PolicyLoader
+from av_td3_ros.driving.responder import Responder
 from av_td3_ros.image_cdr import (
     RawImage, read_image, SerializedImageError, UnsupportedEncapsulation)
 from av_td3_ros.nodes.allocator import keep_large_buffers
 from av_td3_ros.nodes.executor import spin_until_shutdown
-from av_td3_ros.observation import ObservationError
-from av_td3_ros.pairing import Frame, InputPairing
-from av_td3_ros.policy_diagnostics import policy_status, policy_values
-from av_td3_ros.policy_loader import build_policy, PolicyLoader
 from av_td3_ros.policy_messages import control_builder, stamp_to_ns, transition_message
 from av_td3_ros.policy_settings import (
     descriptor, PARAMETERS, read_settings, Settings, STRING_ARRAY)
-from av_td3_ros.responder import Responder
 from av_td3_ros.topics import DIAGNOSTICS, POLICY_WEIGHTS, TRANSITIONS
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry, Path

@@ -22,13 +22,13 @@ from av_td3_ros.bags import BagError, STORAGES, TransitionBagWriter
 from av_td3_ros.checkpoint import (
     CheckpointError, CheckpointInfo, newest_checkpoint, remove_stale_temp_files,
     resolve_checkpoint_path)
+from av_td3_ros.driving.observation import ObservationSpec
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.learner_loop import (
     Learner, LearnerOptions, LearnerStats, MODES, TensorBoardLog,
     WeightsUpdate)
 from av_td3_ros.nodes.allocator import keep_large_buffers
 from av_td3_ros.nodes.executor import PooledExecutor, spin_until_shutdown
-from av_td3_ros.observation import ObservationSpec
 from av_td3_ros.topics import POLICY_WEIGHTS, TRANSITIONS
 from rcl_interfaces.msg import (
     FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType)

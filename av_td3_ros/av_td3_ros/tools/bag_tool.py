@@ -246,7 +246,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from av_td3_ros.checkpoint import CheckpointError
-    from av_td3_ros.policy import Policy
+    from av_td3_ros.driving.policy import Policy
     try:
         policy = Policy.load(args.checkpoint)
     except CheckpointError as err:  # names the file and what is wrong with it

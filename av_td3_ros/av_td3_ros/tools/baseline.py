@@ -20,10 +20,10 @@ import sys
 import time
 
 from av_td3_interfaces.msg import StepFeedback, VehicleControl
-from av_td3_ros.baseline import (BaselineConfig, EpisodeStats, evaluate, PurePursuitController,
-                                 summarize)
-from av_td3_ros.observation import (action_to_control, build_vector, ObservationError,
-                                    ObservationSpec, Route, yaw_from_quaternion)
+from av_td3_ros.driving.classical_controller import (
+    BaselineConfig, EpisodeStats, evaluate, PurePursuitController, summarize)
+from av_td3_ros.driving.observation import (
+    action_to_control, build_vector, ObservationError, ObservationSpec, Route, yaw_from_quaternion)
 from av_td3_ros.topics import VehicleTopics
 from nav_msgs.msg import Odometry, Path
 import numpy as np

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from av_td3_ros.actor import OdometryBuffer, Pose, stale_input_reason
+from av_td3_ros.driving.actor_core import OdometryBuffer, Pose, stale_input_reason
 import numpy as np
 
 

@@ -3,15 +3,15 @@
 import hashlib
 import math
 
-from av_td3_ros.actor import (
+from av_td3_ros.driving.actor_core import (
     ActorCore, BRAKE_ACTION, classify_route, Feedback, InsertBudget, NO_POLICY_REASON,
     OdometryBuffer, Pose, pose_from_odometry, review_weights, RollingStats, route_from_points,
     stale_input_reason, twist_from_control, TWIST_FULL_THROTTLE)
+from av_td3_ros.driving.observation import (
+    build_vector, ObservationError, ObservationSpec, Route)
+from av_td3_ros.driving.policy import Policy
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.networks import build_actor, build_cnn
-from av_td3_ros.observation import (
-    build_vector, ObservationError, ObservationSpec, Route)
-from av_td3_ros.policy import Policy
 import numpy as np
 import pytest
 import torch

@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 import time
 
-from av_td3_ros.actor import (
+from av_td3_ros.driving.actor_core import (
     ActorCore, BRAKE_ACTION, InsertBudget, NO_POLICY_REASON, stale_input_reason,
     TransitionData)
-from av_td3_ros.pairing import Answer, InputPairing
-from av_td3_ros.policy_diagnostics import ActorStats
-from av_td3_ros.policy_loader import StagedPolicy
+from av_td3_ros.driving.pairing import Answer, InputPairing
+from av_td3_ros.driving.policy_diagnostics import ActorStats
+from av_td3_ros.driving.policy_loader import StagedPolicy
 
 LATE_ODOMETRY = ('no odometry with the camera stamp arrived within sync_timeout; pairing with '
                  'the nearest (set odometry_sync:=latest if the clocks differ)')

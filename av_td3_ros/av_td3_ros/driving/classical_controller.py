@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import math
 
-from av_td3_ros.observation import ObservationSpec
+from av_td3_ros.driving.observation import ObservationSpec
 import numpy as np
 
 

@@ -8,7 +8,7 @@ The node counts events and timings in :class:`ActorStats` as it works; every
 
 from __future__ import annotations
 
-from av_td3_ros.actor import InsertBudget, NO_POLICY_REASON, RollingStats
+from av_td3_ros.driving.actor_core import InsertBudget, NO_POLICY_REASON, RollingStats
 
 COUNTERS = ('frames_answered', 'images_refused', 'odometry_refused', 'waypoints_refused',
             'weights_refused', 'transitions_published', 'watchdog_brakes', 'frames_superseded',

@@ -23,10 +23,10 @@ import math
 import time
 from typing import NamedTuple, Protocol
 
-from av_td3_ros.learning.config import linear_schedule
-from av_td3_ros.observation import (
+from av_td3_ros.driving.observation import (
     build_vector, FrameStack, image_to_gray, ObservationError, ObservationSpec, Route,
     wrap_angle, yaw_from_quaternion)
+from av_td3_ros.learning.config import linear_schedule
 import numpy as np
 
 # Full brake, wheels straight: what the actor sends whenever it must not drive.
