@@ -21,9 +21,9 @@ import time
 
 from av_td3_interfaces.msg import Transition, VehicleControl
 from av_td3_ros.bags import BagReader, BagWriter, RawTopics, replay_policy
-from av_td3_ros.checkpoint import inspect_checkpoint, load_checkpoint, save_checkpoint
 from av_td3_ros.driving.observation import action_to_control, ObservationSpec
 from av_td3_ros.driving.policy import Policy
+from av_td3_ros.formats.checkpoint import inspect_checkpoint, load_checkpoint, save_checkpoint
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.td3 import TD3
 from av_td3_ros.nodes.policy_node import PolicyNode

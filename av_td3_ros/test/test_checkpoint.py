@@ -4,11 +4,11 @@ import os
 from pathlib import Path
 import pickle
 
-from av_td3_ros import checkpoint as ckpt
-from av_td3_ros.checkpoint import (
+from av_td3_ros.driving.policy import Policy
+from av_td3_ros.formats import checkpoint as ckpt
+from av_td3_ros.formats.checkpoint import (
     CheckpointError, inspect_checkpoint, load_checkpoint, newest_checkpoint, read_checkpoint,
     replay_path_for, resolve_checkpoint_path, save_checkpoint, sha256_file)
-from av_td3_ros.driving.policy import Policy
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.replay import Batch, ReplayBuffer
 from av_td3_ros.learning.td3 import TD3

@@ -37,7 +37,7 @@ import time
 
 from av_td3_interfaces.msg import TrainerStats, Transition, VehicleControl
 from av_td3_interfaces.srv import SaveCheckpoint
-from av_td3_ros.checkpoint import newest_checkpoint, read_checkpoint
+from av_td3_ros.formats.checkpoint import newest_checkpoint, read_checkpoint
 from av_td3_ros.nodes.bringup import ProcessBringup
 from av_td3_ros.topics import TRAINER_STATS, TRANSITIONS, VehicleTopics
 import pytest

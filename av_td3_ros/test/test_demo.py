@@ -13,7 +13,7 @@ from pathlib import Path
 import subprocess
 import sys
 
-from av_td3_ros.checkpoint import inspect_checkpoint
+from av_td3_ros.formats.checkpoint import inspect_checkpoint
 import pytest
 
 SMALL = """\

@@ -4,8 +4,8 @@ import json
 import weakref
 import zipfile
 
-from av_td3_ros.checkpoint import load_checkpoint, save_checkpoint
 from av_td3_ros.driving.observation import ObservationSpec
+from av_td3_ros.formats.checkpoint import load_checkpoint, save_checkpoint
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.replay import Batch, ReplayBuffer
 from av_td3_ros.learning.td3 import random_shift, TD3

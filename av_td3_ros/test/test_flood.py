@@ -30,7 +30,7 @@ import threading
 import time
 
 from av_td3_interfaces.msg import TrainerStats, Transition, VehicleControl
-from av_td3_ros.checkpoint import save_checkpoint
+from av_td3_ros.formats.checkpoint import save_checkpoint
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.td3 import TD3
 from av_td3_ros.nodes.bringup import ProcessBringup

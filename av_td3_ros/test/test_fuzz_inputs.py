@@ -17,12 +17,12 @@ import struct
 import time
 import tracemalloc
 
-from av_td3_ros.checkpoint import CheckpointError
 from av_td3_ros.driving.actor_core import (
     ActorCore, BRAKE_ACTION, Pose, pose_from_odometry, review_weights, route_from_points)
 from av_td3_ros.driving.observation import image_to_gray, ObservationError, ObservationSpec
 from av_td3_ros.driving.policy import Policy
-from av_td3_ros.image_cdr import read_image, SerializedImageError
+from av_td3_ros.formats.checkpoint import CheckpointError
+from av_td3_ros.formats.image_cdr import read_image, SerializedImageError
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.learner_loop import Learner, LearnerOptions
 from av_td3_ros.learning.td3 import export_policy_bytes, TD3

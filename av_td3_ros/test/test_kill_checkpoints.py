@@ -30,9 +30,9 @@ import time
 
 from av_td3_interfaces.msg import Transition
 from av_td3_interfaces.srv import LoadCheckpoint, SaveCheckpoint
-from av_td3_ros.checkpoint import (
-    CheckpointError, load_checkpoint, newest_checkpoint, read_checkpoint, sha256_file)
 from av_td3_ros.driving.observation import ObservationSpec
+from av_td3_ros.formats.checkpoint import (
+    CheckpointError, load_checkpoint, newest_checkpoint, read_checkpoint, sha256_file)
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.replay import ReplayBuffer
 from av_td3_ros.learning.td3 import TD3

@@ -3,8 +3,8 @@
 import hashlib
 import threading
 
-from av_td3_ros.checkpoint import CheckpointError
 from av_td3_ros.driving.policy_loader import build_policy, PolicyLoader
+from av_td3_ros.formats.checkpoint import CheckpointError
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.td3 import TD3
 import pytest

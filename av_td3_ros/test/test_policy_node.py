@@ -16,11 +16,11 @@ import types
 from av_td3_interfaces.msg import (
     PolicyWeights, StepFeedback, TrainerStats, Transition, VehicleControl)
 from av_td3_interfaces.srv import LoadCheckpoint
-from av_td3_ros.checkpoint import save_checkpoint
 from av_td3_ros.driving import policy_loader
 from av_td3_ros.driving.observation import (
     action_to_control, build_vector, image_to_gray, ObservationSpec, Route)
 from av_td3_ros.driving.policy import Policy
+from av_td3_ros.formats.checkpoint import save_checkpoint
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.td3 import TD3
 from av_td3_ros.nodes.policy_node import PolicyNode

@@ -16,9 +16,9 @@ import threading
 
 from av_td3_interfaces.msg import PolicyWeights, TrainerStats, Transition
 from av_td3_interfaces.srv import LoadCheckpoint, SaveCheckpoint
-from av_td3_ros.checkpoint import save_checkpoint, sha256_file
 from av_td3_ros.driving.observation import ObservationSpec
 from av_td3_ros.driving.policy import Policy
+from av_td3_ros.formats.checkpoint import save_checkpoint, sha256_file
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.td3 import TD3
 from av_td3_ros.nodes.trainer_node import TrainerNode, WEIGHTS_QOS

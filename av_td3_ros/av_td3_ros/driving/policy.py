@@ -12,8 +12,8 @@ import hashlib
 import json
 import os
 
-from av_td3_ros.checkpoint import CheckpointError, read_checkpoint
 from av_td3_ros.driving.observation import ObservationSpec
+from av_td3_ros.formats.checkpoint import CheckpointError, read_checkpoint
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.networks import build_actor, build_cnn
 from av_td3_ros.learning.td3 import POLICY_FORMAT, POLICY_VERSION

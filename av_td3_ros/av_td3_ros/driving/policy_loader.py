@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import os
 import threading
 
-from av_td3_ros.checkpoint import CheckpointError, newest_checkpoint, resolve_checkpoint_path
 from av_td3_ros.driving.actor_core import review_weights
 from av_td3_ros.driving.policy import Policy
+from av_td3_ros.formats.checkpoint import (
+    CheckpointError, newest_checkpoint, resolve_checkpoint_path)
 
 
 @dataclass(frozen=True, eq=False)

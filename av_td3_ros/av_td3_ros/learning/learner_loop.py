@@ -35,10 +35,11 @@ import time
 import traceback
 from typing import Any
 
-from av_td3_ros.checkpoint import (
+from av_td3_ros.formats.checkpoint import (
     CheckpointInfo, load_checkpoint, save_checkpoint)
 from av_td3_ros.learning.config import TD3Config
-from av_td3_ros.learning.replay import ReplayBuffer, SamplesPerInsertLimiter
+from av_td3_ros.learning.rate_limiter import SamplesPerInsertLimiter
+from av_td3_ros.learning.replay import ReplayBuffer
 from av_td3_ros.learning.td3 import TD3
 import numpy as np
 import torch

@@ -20,11 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 import json
 import os
-from pathlib import Path
-import tempfile
 import zipfile
 
 from av_td3_ros.driving.observation import ObservationSpec
+from av_td3_ros.formats.atomic_files import atomic_write
 import numpy as np
 import torch
 
@@ -505,85 +504,3 @@ class _StoredFrames:
                 if not n:
                     raise OSError(f'{self.path}: frames ended early')
                 pos += n
-
-
-class SamplesPerInsertLimiter:
-    """
-    Keep sampled transitions per inserted transition near a target, as Reverb's rate limiter.
-
-    ``samples = n_updates * batch_size``. Sampling is allowed once ``min_size_to_sample``
-    transitions arrived and while ``samples + batch <= spi * (inserts - min_size) + error_buffer``;
-    inserting is allowed while it keeps ``inserts * spi - samples`` within ``error_buffer`` of
-    its target. ``samples_per_insert == 0`` means no limit. Counts are totals since one origin
-    (the trainer restores both on resume).
-    """
-
-    def __init__(self, samples_per_insert: float, min_size_to_sample: int,
-                 error_buffer: float) -> None:
-        if samples_per_insert < 0 or min_size_to_sample < 0 or error_buffer < 0:
-            raise ValueError('samples_per_insert, min_size_to_sample and error_buffer must be '
-                             f'>= 0, got {samples_per_insert}, {min_size_to_sample}, '
-                             f'{error_buffer}')
-        self.samples_per_insert = float(samples_per_insert)
-        self.min_size_to_sample = int(min_size_to_sample)
-        self.error_buffer = float(error_buffer)
-
-    def can_sample(self, n_updates_done: int, inserts: int, batch_size: int) -> bool:
-        """Whether one more update (of ``batch_size`` samples) keeps the ratio."""
-        if inserts < max(self.min_size_to_sample, 1):
-            return False
-        if self.samples_per_insert == 0:
-            return True
-        allowed = (self.samples_per_insert * (inserts - self.min_size_to_sample)
-                   + self.error_buffer)
-        return (n_updates_done + 1) * batch_size <= allowed
-
-    def insert_allowance(self, n_updates_done: int, inserts: int, batch_size: int) -> int:
-        """Transitions that may still be inserted before actors should wait (-1: no limit)."""
-        if self.samples_per_insert == 0:
-            return -1
-        samples = n_updates_done * batch_size
-        by_ratio = int(np.floor((samples + self.error_buffer) / self.samples_per_insert
-                                + self.min_size_to_sample - inserts))
-        return max(by_ratio, self.min_size_to_sample - inserts, 0)
-
-
-class StagedFile:
-    """
-    A file written to a temp name in its directory and fsynced, put in place by ``commit``.
-
-    Several staged files committed one after another keep a set of files consistent except in
-    the instant between two renames (checkpoint + replay buffer).
-    """
-
-    def __init__(self, path: str | os.PathLike, write) -> None:
-        self.path = Path(path)
-        fd, name = tempfile.mkstemp(prefix=f'.{self.path.name}.', suffix='.tmp',
-                                    dir=self.path.parent)
-        self.tmp = Path(name)
-        try:
-            with os.fdopen(fd, 'wb') as stream:
-                write(stream)
-                stream.flush()
-                os.fsync(stream.fileno())
-        except BaseException:
-            self.discard()
-            raise
-
-    def commit(self) -> None:
-        """Rename into place and fsync the directory, so the rename survives a crash."""
-        os.replace(self.tmp, self.path)
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def discard(self) -> None:
-        """Remove the temp file (after a failure)."""
-        self.tmp.unlink(missing_ok=True)
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Write via a temp file in the same directory, fsync, os.replace, fsync the directory."""
-    StagedFile(path, write).commit()

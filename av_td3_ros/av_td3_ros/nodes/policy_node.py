@@ -25,7 +25,7 @@ from av_td3_ros.driving.pairing import Frame, InputPairing
 from av_td3_ros.driving.policy_diagnostics import policy_status, policy_values
 from av_td3_ros.driving.policy_loader import build_policy, PolicyLoader
 from av_td3_ros.driving.responder import Responder
-from av_td3_ros.image_cdr import (
+from av_td3_ros.formats.image_cdr import (
     RawImage, read_image, SerializedImageError, UnsupportedEncapsulation)
 from av_td3_ros.nodes.allocator import keep_large_buffers
 from av_td3_ros.nodes.executor import spin_until_shutdown

@@ -19,10 +19,10 @@ from typing import Any
 from av_td3_interfaces.msg import PolicyWeights, TrainerStats, Transition
 from av_td3_interfaces.srv import LoadCheckpoint, SaveCheckpoint
 from av_td3_ros.bags import BagError, STORAGES, TransitionBagWriter
-from av_td3_ros.checkpoint import (
+from av_td3_ros.driving.observation import ObservationSpec
+from av_td3_ros.formats.checkpoint import (
     CheckpointError, CheckpointInfo, newest_checkpoint, remove_stale_temp_files,
     resolve_checkpoint_path)
-from av_td3_ros.driving.observation import ObservationSpec
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.learner_loop import (
     Learner, LearnerOptions, LearnerStats, MODES, TensorBoardLog,

@@ -245,7 +245,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from av_td3_ros.checkpoint import CheckpointError
+    from av_td3_ros.formats.checkpoint import CheckpointError
     from av_td3_ros.driving.policy import Policy
     try:
         policy = Policy.load(args.checkpoint)

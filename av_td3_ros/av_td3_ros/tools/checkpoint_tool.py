@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from av_td3_ros.checkpoint import (
+from av_td3_ros.formats.checkpoint import (
     CheckpointError, convert_legacy, export_policy_file, inspect_checkpoint)
 
 

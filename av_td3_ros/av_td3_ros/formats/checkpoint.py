@@ -58,8 +58,9 @@ import zipfile
 
 from av_td3_ros import __version__
 from av_td3_ros.driving.observation import ObservationSpec
+from av_td3_ros.formats.atomic_files import atomic_write, StagedFile
 from av_td3_ros.learning.config import TD3Config
-from av_td3_ros.learning.replay import atomic_write, ReplayBuffer, StagedFile
+from av_td3_ros.learning.replay import ReplayBuffer
 from av_td3_ros.learning.td3 import export_policy_bytes, NETWORKS, POLICY_FORMAT, TD3
 import numpy as np
 import torch
