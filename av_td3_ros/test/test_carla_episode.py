@@ -18,12 +18,12 @@ import random
 import threading
 import time
 
-from av_td3_ros.carla_episode import (
+from av_td3_ros.carla.episode import (
     carla_to_enu, CarlaEpisode, CarlaEpisodeConfig, CarlaSetupError, CollisionRecord,
     enu_to_carla, EventLog, FrameSync, LaneGraph, LaneInvasionRecord, OdometrySample,
     plan_route, route_to_enu, RoutePlanningError)
 from av_td3_ros.driving.observation import wrap_angle
-from av_td3_ros.reward import (
+from av_td3_ros.sim.reward import (
     compute_reward, jerk_magnitude, load_reward_weights, StepMeasurements, TERM_NAMES)
 from av_td3_ros.topics import VehicleTopics
 import carla_standin as cs

@@ -9,7 +9,7 @@ import time
 from av_td3_interfaces.msg import StepFeedback, VehicleControl
 from av_td3_ros.nodes.executor import PooledExecutor
 from av_td3_ros.nodes.sim_node import PARAMETERS, SimNode
-from av_td3_ros.reward import TERM_NAMES
+from av_td3_ros.sim.reward import TERM_NAMES
 from av_td3_ros.tools.baseline import BaselineNode
 from av_td3_ros.topics import VehicleTopics
 from builtin_interfaces.msg import Time

@@ -27,12 +27,12 @@ import time
 from typing import Any
 
 from av_td3_interfaces.msg import StepFeedback
-from av_td3_ros.carla_episode import (
+from av_td3_ros.carla.episode import (
     CarlaEpisode, CarlaEpisodeConfig, CarlaSetupError, CollisionRecord, EpisodePlan, FrameSync,
     LaneInvasionRecord, OdometrySample, RoutePlanningError, StepOutcome)
 from av_td3_ros.driving.observation import yaw_from_quaternion
 from av_td3_ros.nodes.executor import PooledExecutor, spin_until_shutdown
-from av_td3_ros.reward import load_reward_weights, TERM_NAMES
+from av_td3_ros.sim.reward import load_reward_weights, TERM_NAMES
 from av_td3_ros.topics import DEFAULT_ROLE, VehicleTopics
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry, Path

@@ -28,8 +28,8 @@ import time
 from av_td3_interfaces.msg import StepFeedback, VehicleControl
 from av_td3_ros.nodes.allocator import keep_large_buffers
 from av_td3_ros.nodes.executor import spin_until_shutdown
-from av_td3_ros.reward import compute_reward, load_reward_weights, RewardResult, TERM_NAMES
 from av_td3_ros.sim.render import CameraConfig
+from av_td3_ros.sim.reward import compute_reward, load_reward_weights, RewardResult, TERM_NAMES
 from av_td3_ros.sim.world import Control, SCENARIO_NPCS, World
 from av_td3_ros.topics import check_role_name, DEFAULT_ROLE, VehicleTopics
 from geometry_msgs.msg import PoseStamped

@@ -25,7 +25,7 @@ REASON_LANE_DEPARTURE = 'lane_departure'
 REASON_ROUTE_COMPLETE = 'route_complete'
 REASON_TIME_LIMIT = 'time_limit'
 
-_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]   # av_td3_ros/av_td3_ros/sim/reward.py
 
 
 @dataclass(frozen=True)

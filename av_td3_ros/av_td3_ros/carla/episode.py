@@ -23,7 +23,7 @@ import random
 from typing import Any
 
 from av_td3_ros.driving.observation import Route, wrap_angle
-from av_td3_ros.reward import (
+from av_td3_ros.sim.reward import (
     compute_reward, jerk_magnitude, RewardWeights, StepMeasurements, TERM_NAMES)
 import numpy as np
 
