@@ -14,7 +14,7 @@ move to ``/carla/<role>/...`` and ``/av_td3/<role>/step_feedback``, its nodes in
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from av_td3_ros.nodes.dds import dds_environment
+from av_td3_ros.ros.dds import dds_environment
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution

@@ -13,8 +13,8 @@ Machines without ``ros2 launch`` (ROS 2 from PyPI wheels) run the same node and 
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from av_td3_ros.nodes.dds import dds_environment
-from av_td3_ros.topics import VehicleTopics
+from av_td3_ros.ros.dds import dds_environment
+from av_td3_ros.ros.topics import VehicleTopics
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution

@@ -15,7 +15,7 @@ server's version; see docs/carla.md. train_carla.launch.py includes this file wi
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from av_td3_ros.nodes.dds import dds_environment
+from av_td3_ros.ros.dds import dds_environment
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, SetEnvironmentVariable
 from launch.launch_description_sources import PythonLaunchDescriptionSource

@@ -11,7 +11,7 @@ two in step).
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from av_td3_ros.nodes.dds import dds_environment
+from av_td3_ros.ros.dds import dds_environment
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution

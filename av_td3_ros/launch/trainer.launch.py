@@ -10,7 +10,7 @@ over ``/av_td3/policy_weights``. Without ``ros2 launch``: ``bringup trainer`` (n
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from av_td3_ros.nodes.dds import dds_environment
+from av_td3_ros.ros.dds import dds_environment
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution

@@ -20,15 +20,15 @@ import threading
 import time
 
 from av_td3_interfaces.msg import Transition, VehicleControl
-from av_td3_ros.bags import BagReader, BagWriter, RawTopics, replay_policy
 from av_td3_ros.driving.observation import action_to_control, ObservationSpec
 from av_td3_ros.driving.policy import Policy
 from av_td3_ros.formats.checkpoint import inspect_checkpoint, load_checkpoint, save_checkpoint
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.td3 import TD3
-from av_td3_ros.nodes.policy_node import PolicyNode
-from av_td3_ros.nodes.sim_node import SimNode
-from av_td3_ros.nodes.trainer_node import TrainerNode
+from av_td3_ros.ros.bags import BagReader, BagWriter, RawTopics, replay_policy
+from av_td3_ros.ros.policy_node import PolicyNode
+from av_td3_ros.ros.sim_node import SimNode
+from av_td3_ros.ros.trainer_node import TrainerNode
 from av_td3_ros.sim.env import AvTd3DriveEnv
 from av_td3_ros.tools.bag_tool import BagRecorder, main as bag_tool_main
 from av_td3_ros.tools.baseline import BaselineNode

@@ -21,7 +21,7 @@ from av_td3_ros.driving.observation import ObservationSpec
 from av_td3_ros.driving.policy import Policy
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.td3 import export_policy_bytes
-from av_td3_ros.nodes.trainer_node import TrainerNode
+from av_td3_ros.ros.trainer_node import TrainerNode
 import numpy as np
 import pytest
 from rclpy.serialization import serialize_message

@@ -1,7 +1,7 @@
 """
 SIGKILL during checkpoint writes (issue 14): a real trainer_node process, killed at random moments.
 
-Each round starts ``python -m av_td3_ros.nodes.trainer_node`` (its own process, a node name of
+Each round starts ``python -m av_td3_ros.ros.trainer_node`` (its own process, a node name of
 its own: the killed one lingers in the DDS graph until its lease ends), loads the newest
 checkpoint through ``~/load_checkpoint`` with an empty path (so the round also checks what the
 previous kill left), feeds transitions over DDS so the learner updates in realtime mode and
@@ -71,7 +71,7 @@ class Trainer:
         self.log = log
         self._stream = open(log, 'wb')  # noqa: SIM115 (open for the process's lifetime)
         self.process = subprocess.Popen(
-            [sys.executable, '-m', 'av_td3_ros.nodes.trainer_node', '--ros-args',
+            [sys.executable, '-m', 'av_td3_ros.ros.trainer_node', '--ros-args',
              '--params-file', str(params_file), '-r', f'__node:={name}'],
             stdout=self._stream, stderr=subprocess.STDOUT, start_new_session=True)
 

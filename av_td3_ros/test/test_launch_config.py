@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ament_index_python.packages import get_package_prefix
-from av_td3_ros.nodes.bringup import CONFIGURATIONS, parse_set
+from av_td3_ros.ros.bringup import CONFIGURATIONS, parse_set
 import pytest
 import rclpy
 from rclpy.context import Context

@@ -23,7 +23,7 @@ from av_td3_ros.driving.policy import Policy
 from av_td3_ros.formats.checkpoint import save_checkpoint
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.td3 import TD3
-from av_td3_ros.nodes.policy_node import PolicyNode
+from av_td3_ros.ros.policy_node import PolicyNode
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, Twist

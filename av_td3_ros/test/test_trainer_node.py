@@ -21,7 +21,7 @@ from av_td3_ros.driving.policy import Policy
 from av_td3_ros.formats.checkpoint import save_checkpoint, sha256_file
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.td3 import TD3
-from av_td3_ros.nodes.trainer_node import TrainerNode, WEIGHTS_QOS
+from av_td3_ros.ros.trainer_node import TrainerNode, WEIGHTS_QOS
 import numpy as np
 import pytest
 from ros_harness import episode_transitions, overrides, RosHarness, wait_for

@@ -12,7 +12,7 @@ into transitions by the actor's own code; ``replay`` runs a checkpoint open-loop
 compares its actions with the recorded controls. ``play`` publishes a bag's messages into the
 live graph with their original timing (x rate), so the policy node or the trainer runs from a bag
 exactly as from a simulator; ``record`` is ``ros2 bag record`` for ROS 2 installs that lack it.
-All decode and encode with the rosbags typestore of ``av_td3_ros.bags``.
+All decode and encode with the rosbags typestore of ``av_td3_ros.ros.bags``.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from pathlib import Path
 import sys
 import time
 
-from av_td3_ros.bags import (
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.ros.bags import (
     bag_transitions, BagError, BagReader, BagWriter, expected_transitions, known_distros,
     RawTopics, replay_policy, resolve_source, SOURCES, STORAGES, TRANSITIONS_TOPIC)
-from av_td3_ros.learning.config import TD3Config
 import numpy as np
 import rclpy
 from rclpy.executors import SingleThreadedExecutor

@@ -27,12 +27,12 @@ from av_td3_ros.driving.policy_loader import build_policy, PolicyLoader
 from av_td3_ros.driving.responder import Responder
 from av_td3_ros.formats.image_cdr import (
     RawImage, read_image, SerializedImageError, UnsupportedEncapsulation)
-from av_td3_ros.nodes.allocator import keep_large_buffers
-from av_td3_ros.nodes.executor import spin_until_shutdown
-from av_td3_ros.policy_messages import control_builder, stamp_to_ns, transition_message
-from av_td3_ros.policy_settings import (
+from av_td3_ros.ros.allocator import keep_large_buffers
+from av_td3_ros.ros.executor import spin_until_shutdown
+from av_td3_ros.ros.policy_messages import control_builder, stamp_to_ns, transition_message
+from av_td3_ros.ros.policy_settings import (
     descriptor, PARAMETERS, read_settings, Settings, STRING_ARRAY)
-from av_td3_ros.topics import DIAGNOSTICS, POLICY_WEIGHTS, TRANSITIONS
+from av_td3_ros.ros.topics import DIAGNOSTICS, POLICY_WEIGHTS, TRANSITIONS
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry, Path
 import rclpy

@@ -26,7 +26,7 @@ from av_td3_ros.driving.actor_core import (
     ActorCore, BRAKE_ACTION, Feedback, OdometryBuffer, PolicyLike, Pose, pose_from_odometry,
     route_from_points, StepResult, TransitionData)
 from av_td3_ros.driving.observation import ObservationError, ObservationSpec
-from av_td3_ros.topics import TRANSITIONS, VehicleTopics
+from av_td3_ros.ros.topics import TRANSITIONS, VehicleTopics
 import numpy as np
 from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.interfaces import (
@@ -84,7 +84,7 @@ def interfaces_msg_dir() -> Path:
     candidates = []
     with contextlib.suppress(PackageNotFoundError, ValueError, LookupError):
         candidates.append(Path(get_package_share_directory(INTERFACES_PACKAGE)) / 'msg')
-    candidates.append(Path(__file__).resolve().parents[2] / INTERFACES_PACKAGE / 'msg')
+    candidates.append(Path(__file__).resolve().parents[3] / INTERFACES_PACKAGE / 'msg')
     for candidate in candidates:
         if any(candidate.glob('*.msg')):
             return candidate

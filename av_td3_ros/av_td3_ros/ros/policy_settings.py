@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import os
 import socket
 
-from av_td3_ros.policy_messages import CONTROL_OUTPUTS
-from av_td3_ros.topics import check_role_name, DEFAULT_ROLE, TRAINER_STATS, VehicleTopics
+from av_td3_ros.ros.policy_messages import CONTROL_OUTPUTS
+from av_td3_ros.ros.topics import check_role_name, DEFAULT_ROLE, TRAINER_STATS, VehicleTopics
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 import torch
 

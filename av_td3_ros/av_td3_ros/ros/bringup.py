@@ -44,10 +44,10 @@ import threading
 import time
 from typing import Any, TextIO
 
-from av_td3_ros.nodes.allocator import keep_large_buffers
-from av_td3_ros.nodes.dds import dds_environment
-from av_td3_ros.nodes.executor import PooledExecutor
-from av_td3_ros.topics import check_role_name, DEFAULT_ROLE
+from av_td3_ros.ros.allocator import keep_large_buffers
+from av_td3_ros.ros.dds import dds_environment
+from av_td3_ros.ros.executor import PooledExecutor
+from av_td3_ros.ros.topics import check_role_name, DEFAULT_ROLE
 import rclpy
 from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException
@@ -73,14 +73,14 @@ class NodeEntry:
     per_actor: bool = False   # one per actor (role), or one for the whole graph
 
 
-SIM = NodeEntry('av_td3_sim', 'sim_node', 'av_td3_ros.nodes.sim_node', 'SimNode', 'sim.yaml',
+SIM = NodeEntry('av_td3_sim', 'sim_node', 'av_td3_ros.ros.sim_node', 'SimNode', 'sim.yaml',
                 per_actor=True)
-TRAINER = NodeEntry('av_td3_trainer', 'trainer_node', 'av_td3_ros.nodes.trainer_node',
+TRAINER = NodeEntry('av_td3_trainer', 'trainer_node', 'av_td3_ros.ros.trainer_node',
                     'TrainerNode', 'trainer.yaml')
 
 
 def _policy(mode: str) -> NodeEntry:
-    return NodeEntry('av_td3_policy', 'policy_node', 'av_td3_ros.nodes.policy_node',
+    return NodeEntry('av_td3_policy', 'policy_node', 'av_td3_ros.ros.policy_node',
                      'PolicyNode', 'policy.yaml', {'mode': mode}, per_actor=True)
 
 

@@ -18,7 +18,6 @@ from typing import Any
 
 from av_td3_interfaces.msg import PolicyWeights, TrainerStats, Transition
 from av_td3_interfaces.srv import LoadCheckpoint, SaveCheckpoint
-from av_td3_ros.bags import BagError, STORAGES, TransitionBagWriter
 from av_td3_ros.driving.observation import ObservationSpec
 from av_td3_ros.formats.checkpoint import (
     CheckpointError, CheckpointInfo, newest_checkpoint, remove_stale_temp_files,
@@ -27,9 +26,10 @@ from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.learner_loop import (
     Learner, LearnerOptions, LearnerStats, MODES, TensorBoardLog,
     WeightsUpdate)
-from av_td3_ros.nodes.allocator import keep_large_buffers
-from av_td3_ros.nodes.executor import PooledExecutor, spin_until_shutdown
-from av_td3_ros.topics import POLICY_WEIGHTS, TRANSITIONS
+from av_td3_ros.ros.allocator import keep_large_buffers
+from av_td3_ros.ros.bags import BagError, STORAGES, TransitionBagWriter
+from av_td3_ros.ros.executor import PooledExecutor, spin_until_shutdown
+from av_td3_ros.ros.topics import POLICY_WEIGHTS, TRANSITIONS
 from rcl_interfaces.msg import (
     FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType)
 import rclpy

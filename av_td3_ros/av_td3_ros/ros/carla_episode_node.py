@@ -31,9 +31,9 @@ from av_td3_ros.carla.episode import (
     CarlaEpisode, CarlaEpisodeConfig, CarlaSetupError, CollisionRecord, EpisodePlan, FrameSync,
     LaneInvasionRecord, OdometrySample, RoutePlanningError, StepOutcome)
 from av_td3_ros.driving.observation import yaw_from_quaternion
-from av_td3_ros.nodes.executor import PooledExecutor, spin_until_shutdown
+from av_td3_ros.ros.executor import PooledExecutor, spin_until_shutdown
+from av_td3_ros.ros.topics import DEFAULT_ROLE, VehicleTopics
 from av_td3_ros.sim.reward import load_reward_weights, TERM_NAMES
-from av_td3_ros.topics import DEFAULT_ROLE, VehicleTopics
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry, Path
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
