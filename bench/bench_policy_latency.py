@@ -43,11 +43,12 @@ def _environment() -> dict:
 def _write_policy(directory: pathlib.Path) -> pathlib.Path:
     import torch
 
+    from av_td3_ros.formats.policy_export import export_td3_policy
     from av_td3_ros.learning.config import TD3Config
     from av_td3_ros.learning.td3 import TD3
     torch.manual_seed(0)
     path = directory / 'bench_policy.safetensors'
-    path.write_bytes(TD3(TD3Config()).export_policy())
+    path.write_bytes(export_td3_policy(TD3(TD3Config())))
     return path
 
 

@@ -19,8 +19,8 @@ from av_td3_interfaces.msg import PolicyWeights, Transition
 from av_td3_interfaces.srv import SaveCheckpoint
 from av_td3_ros.driving.observation import ObservationSpec
 from av_td3_ros.driving.policy import Policy
+from av_td3_ros.formats.policy_export import export_policy_bytes
 from av_td3_ros.learning.config import TD3Config
-from av_td3_ros.learning.td3 import export_policy_bytes
 from av_td3_ros.ros.trainer_node import TrainerNode
 import numpy as np
 import pytest

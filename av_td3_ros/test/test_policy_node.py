@@ -21,6 +21,7 @@ from av_td3_ros.driving.observation import (
     action_to_control, build_vector, image_to_gray, ObservationSpec, Route)
 from av_td3_ros.driving.policy import Policy
 from av_td3_ros.formats.checkpoint import save_checkpoint
+from av_td3_ros.formats.policy_export import export_td3_policy
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.td3 import TD3
 from av_td3_ros.ros.policy_node import PolicyNode
@@ -103,7 +104,7 @@ def checkpoints(tmp_path_factory):
     (paths['checkpoints'] / 'bad').mkdir()
     ckpt = paths['checkpoints']
     legacy_act = write_legacy_checkpoint(ckpt / 'legacy.pth')
-    (ckpt / 'b.safetensors').write_bytes(learner(22, (-0.4, 0.5), 567).export_policy())
+    (ckpt / 'b.safetensors').write_bytes(export_td3_policy(learner(22, (-0.4, 0.5), 567)))
     time.sleep(0.01)                       # a.pth is the newest .pth of the directory
     save_checkpoint(ckpt / 'a.pth', learner(11, (0.3, 0.2), 1234))
     shutil.copy(ckpt / 'a.pth', paths['extra'] / 'a_copy.pth')

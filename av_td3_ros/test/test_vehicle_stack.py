@@ -32,6 +32,7 @@ from av_td3_interfaces.msg import VehicleControl
 from av_td3_ros.driving.observation import (
     action_to_control, build_vector, FrameStack, image_to_gray, Route)
 from av_td3_ros.driving.policy import Policy
+from av_td3_ros.formats.policy_export import export_td3_policy
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.td3 import TD3
 from av_td3_ros.ros.topics import VehicleTopics
@@ -73,7 +74,7 @@ def policy_file(tmp_path_factory) -> pathlib.Path:
     with torch.no_grad():
         td3.actor.fc3.weight.mul_(10.0)     # a fresh head is near zero: make differences show
     path = tmp_path_factory.mktemp('vehicle_stack') / 'policy.safetensors'
-    path.write_bytes(td3.export_policy())
+    path.write_bytes(export_td3_policy(td3))
     return path
 
 

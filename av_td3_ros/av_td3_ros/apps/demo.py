@@ -351,11 +351,12 @@ def train(deadline: float, results: Path, params_files: list[Path],
 def eval_step_seconds(samples: int = 60) -> tuple[float, float]:
     """Time one env step and one policy inference here and now (to budget the evaluation)."""
     import gymnasium as gym
-    from av_td3_ros.learning.config import TD3Config
     from av_td3_ros.driving.policy import Policy
-    import av_td3_ros.sim  # noqa: F401  (registers AvTd3Drive-v0)
+    from av_td3_ros.formats.policy_export import export_td3_policy
+    from av_td3_ros.learning.config import TD3Config
     from av_td3_ros.learning.td3 import TD3
-    policy = Policy.from_export_bytes(TD3(TD3Config()).export_policy())
+    import av_td3_ros.sim  # noqa: F401  (registers AvTd3Drive-v0)
+    policy = Policy.from_export_bytes(export_td3_policy(TD3(TD3Config())))
     env = gym.make('AvTd3Drive-v0')
     obs, _ = env.reset(seed=0)
     for _ in range(5):   # first calls set up kernels: not what a step costs

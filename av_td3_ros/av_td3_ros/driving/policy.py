@@ -9,55 +9,15 @@ carries), never unpickling anything, and maps an observation to a deterministic 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 
 from av_td3_ros.driving.observation import ObservationSpec
 from av_td3_ros.formats.checkpoint import CheckpointError, read_checkpoint
+from av_td3_ros.formats.policy_export import parse_policy_export
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.networks import build_actor, build_cnn
-from av_td3_ros.learning.td3 import POLICY_FORMAT, POLICY_VERSION
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.torch import load as safetensors_load
 import torch
-
-
-def parse_policy_export(data: bytes, source: str = 'policy export'
-                        ) -> tuple[TD3Config, dict[str, dict[str, torch.Tensor]], dict]:
-    """Parse policy-export bytes into (config, {'actor_cnn': sd, 'actor': sd}, metadata)."""
-    try:
-        tensors = safetensors_load(bytes(data))
-        metadata = _safetensors_metadata(bytes(data))
-    except (SafetensorError, ValueError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f'{source}: not a readable safetensors policy export: {exc}') \
-            from None
-    if metadata.get('format') != POLICY_FORMAT:
-        raise CheckpointError(f'{source}: safetensors file without the {POLICY_FORMAT!r} tag')
-    if metadata.get('version') != str(POLICY_VERSION):
-        raise CheckpointError(f'{source}: policy export version {metadata.get("version")!r} is '
-                              f'not supported (this is v{POLICY_VERSION})')
-    try:
-        config = TD3Config.from_dict(json.loads(metadata['config']))
-        int(metadata['total_it'])
-    except (KeyError, ValueError, TypeError) as exc:
-        raise CheckpointError(f'{source}: bad policy export metadata: {exc}') from None
-    networks: dict[str, dict[str, torch.Tensor]] = {'actor_cnn': {}, 'actor': {}}
-    for key, tensor in tensors.items():
-        name, _, param = key.partition('.')
-        if name not in networks or not param:
-            raise CheckpointError(f'{source}: unexpected tensor {key!r} in a policy export')
-        networks[name][param] = tensor
-    return config, networks, metadata
-
-
-def _safetensors_metadata(data: bytes) -> dict[str, str]:
-    header_len = int.from_bytes(data[:8], 'little')
-    header = json.loads(data[8:8 + header_len].decode('utf-8'))
-    metadata = header.get('__metadata__') or {}
-    if not isinstance(metadata, dict):
-        raise ValueError('__metadata__ is not a mapping')
-    return metadata
 
 
 class Policy:

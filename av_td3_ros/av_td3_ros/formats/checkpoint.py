@@ -25,9 +25,8 @@ v1 checkpoint (one ``.pth`` written with ``torch.save``, read with
                   exact resume
     metadata      {'package_version', 'torch_version', 'created' (ISO 8601 UTC), 'hostname'}
 
-Policy export (what a vehicle deploys; also the PolicyWeights message payload): safetensors with
-tensors ``actor_cnn.<param>`` and ``actor.<param>`` and string metadata ``format`` =
-'av_td3_ros.policy', ``version`` = '1', ``total_it``, ``config`` (the JSON of TD3Config.to_dict()).
+Policy exports (what a vehicle deploys; also the PolicyWeights payload) are ``policy_export``'s
+format; ``read_checkpoint`` recognises them with it and ``export_policy_file`` writes them with it.
 
 Legacy files (the original av_td3_system, plain ``torch.save`` of a dict with ``actor_state_dict``,
 ``critic_state_dict``, ``actor_cnn_state_dict``, ``critic_cnn_state_dict``, ``state_dim``, ...)
@@ -59,9 +58,12 @@ import zipfile
 from av_td3_ros import __version__
 from av_td3_ros.driving.observation import ObservationSpec
 from av_td3_ros.formats.atomic_files import atomic_write, StagedFile
+from av_td3_ros.formats.errors import CheckpointError
+from av_td3_ros.formats.policy_export import (
+    export_policy_bytes, looks_like_policy_export, parse_policy_export)
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.replay import ReplayBuffer
-from av_td3_ros.learning.td3 import export_policy_bytes, NETWORKS, POLICY_FORMAT, TD3
+from av_td3_ros.learning.td3 import NETWORKS, TD3
 import numpy as np
 import torch
 
@@ -70,11 +72,6 @@ VERSION = 1
 LEGACY_KEYS = ('actor_state_dict', 'critic_state_dict', 'actor_cnn_state_dict',
                'critic_cnn_state_dict', 'state_dim', 'action_dim')
 LEGACY_FEATURES = 512
-SAFETENSORS_MAGIC_MAX_HEADER = 100_000_000
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used; the message says why, in words."""
 
 
 @dataclass
@@ -230,14 +227,6 @@ def _pickle_globals(data: bytes) -> list[str]:
         return []
 
 
-def _is_safetensors(data: bytes) -> bool:
-    if len(data) < 10:
-        return False
-    header_len = int.from_bytes(data[:8], 'little')
-    return 2 <= header_len <= min(len(data) - 8, SAFETENSORS_MAGIC_MAX_HEADER) and \
-        data[8:9] == b'{'
-
-
 @dataclass
 class RawCheckpoint:
     """A checkpoint file read and classified, not yet applied to anything."""
@@ -263,8 +252,7 @@ def read_checkpoint(path: str | os.PathLike) -> RawCheckpoint:
     if not data:
         raise CheckpointError(f'{path_str}: empty file')
     sha = hashlib.sha256(data).hexdigest()
-    if _is_safetensors(data):
-        from av_td3_ros.driving.policy import parse_policy_export  # policy imports this module
+    if looks_like_policy_export(data):
         config, _, _ = parse_policy_export(data, path_str)
         return RawCheckpoint(path_str, 'policy', sha, data, config)
     if not (data.startswith(b'PK\x03\x04') or data[0] == 0x80):
@@ -486,7 +474,6 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict:
                    state_dim=int(raw.content['state_dim']),
                    config=raw.config.to_dict())
     else:
-        from av_td3_ros.driving.policy import parse_policy_export
         _, _, metadata = parse_policy_export(raw.content, raw.path)
         out.update(version=int(metadata['version']), total_it=int(metadata['total_it']),
                    metadata={k: v for k, v in metadata.items() if k != 'config'},
@@ -528,7 +515,7 @@ def convert_legacy(path: str | os.PathLike, out: str | os.PathLike) -> Checkpoin
 
 
 __all__ = [
-    'FORMAT', 'POLICY_FORMAT', 'VERSION', 'CheckpointError', 'CheckpointInfo', 'convert_legacy',
+    'FORMAT', 'VERSION', 'CheckpointError', 'CheckpointInfo', 'convert_legacy',
     'export_policy_file', 'inspect_checkpoint', 'load_checkpoint', 'newest_checkpoint',
     'read_checkpoint', 'remove_stale_temp_files', 'replay_path_for', 'resolve_checkpoint_path',
     'save_checkpoint', 'sha256_file']

@@ -37,6 +37,7 @@ from typing import Any
 
 from av_td3_ros.formats.checkpoint import (
     CheckpointInfo, load_checkpoint, save_checkpoint)
+from av_td3_ros.formats.policy_export import export_td3_policy
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.rate_limiter import SamplesPerInsertLimiter
 from av_td3_ros.learning.replay import ReplayBuffer
@@ -314,7 +315,7 @@ class Learner:
 
     # ----------------------------------------------------------------------------- weights
     def _export_locked(self) -> WeightsUpdate:
-        data = self.td3.export_policy()
+        data = export_td3_policy(self.td3)
         self._version += 1
         return WeightsUpdate(self._version, self.td3.total_it, data,
                              hashlib.sha256(data).hexdigest())

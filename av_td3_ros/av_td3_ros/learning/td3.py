@@ -21,18 +21,14 @@ import json
 import os
 from typing import Any
 
-from av_td3_ros import __version__
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.networks import build_actor, build_cnn, build_critic, prepare_image
 from av_td3_ros.learning.replay import Batch, ReplayBuffer
 import numpy as np
-from safetensors.torch import save as safetensors_save
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-POLICY_FORMAT = 'av_td3_ros.policy'
-POLICY_VERSION = 1
 NETWORKS = ('actor_cnn', 'actor', 'critic_cnn', 'critic')
 TARGETS = tuple(f'{name}_target' for name in NETWORKS)
 METRICS = ('critic_loss', 'actor_loss', 'q_mean')
@@ -367,10 +363,6 @@ class TD3:
         self.actor_optimizer = self._adam(self.actor_params, self.config.actor_lr)
         self.critic_optimizer = self._adam(self.critic_params, self.config.critic_lr)
 
-    def export_policy(self) -> bytes:
-        """Serialise actor_cnn + actor with the config in the metadata (safetensors bytes)."""
-        return export_policy_bytes(self.network_state(targets=False), self.config, self.total_it)
-
 
 def random_shift(image: torch.Tensor, pad: int,
                  generator: torch.Generator | None = None) -> torch.Tensor:
@@ -397,14 +389,3 @@ def random_shift(image: torch.Tensor, pad: int,
     for i, (dy, dx) in enumerate(offsets):
         out[i] = padded[i, :, dy:dy + h, dx:dx + w]
     return out
-
-
-def export_policy_bytes(networks: dict[str, dict[str, torch.Tensor]], config: TD3Config,
-                        total_it: int) -> bytes:
-    """Build a policy export from actor_cnn/actor state dicts (also used by checkpoint_tool)."""
-    tensors = {f'{name}.{key}': value.detach().to('cpu', torch.float32).contiguous()
-               for name in ('actor_cnn', 'actor') for key, value in networks[name].items()}
-    metadata = {'format': POLICY_FORMAT, 'version': str(POLICY_VERSION),
-                'total_it': str(int(total_it)), 'config': json.dumps(config.to_dict()),
-                'package_version': __version__, 'torch_version': str(torch.__version__)}
-    return safetensors_save(tensors, metadata=metadata)
