@@ -8,7 +8,7 @@ They collect experience for one trainer elsewhere (trainer.launch.py).
 Each pair gets the role ``<role_prefix><i>`` (``role_prefix`` alone for one actor): its topics
 move to ``/carla/<role>/...`` and ``/av_td3/<role>/step_feedback``, its nodes into namespace
 ``/<role>``. Role names must be unique across the fleet. Without ``ros2 launch``:
-``bringup actors_sim --actors 2 --role-prefix hostA_car`` (nodes/bringup.py).
+``bringup actors_sim --actors 2 --role-prefix hostA_car`` (ros/bringup.py).
 """
 
 import os

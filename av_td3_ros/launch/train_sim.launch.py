@@ -4,7 +4,7 @@ Train on the embedded simulator: sim (synchronous) + policy (train mode) + train
     ros2 launch av_td3_ros train_sim.launch.py scenario:=1 seed:=3 resume:=latest
 
 Machines without ``ros2 launch`` (ROS 2 from PyPI wheels) run the same nodes, YAML files and
-fixed parameters in one process with ``bringup train_sim`` (nodes/bringup.py; a test keeps the
+fixed parameters in one process with ``bringup train_sim`` (ros/bringup.py; a test keeps the
 two in step).
 """
 

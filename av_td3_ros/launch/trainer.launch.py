@@ -4,7 +4,7 @@ The learner alone, for the trainer machine of a fleet (actors elsewhere: actors_
     ros2 launch av_td3_ros trainer.launch.py checkpoint_dir:=$HOME/td3_ckpt resume:=latest
 
 Every actor in the same ROS domain feeds it over ``/av_td3/transitions`` and gets its weights
-over ``/av_td3/policy_weights``. Without ``ros2 launch``: ``bringup trainer`` (nodes/bringup.py).
+over ``/av_td3/policy_weights``. Without ``ros2 launch``: ``bringup trainer`` (ros/bringup.py).
 """
 
 import os

@@ -1,7 +1,7 @@
 """
 The main job behind ``make demo`` (DESIGN §10): learn to drive in minutes, then prove it.
 
-1. Bring up the ``train_sim`` configuration in this process (nodes/bringup.py, the same nodes,
+1. Bring up the ``train_sim`` configuration in this process (ros/bringup.py, the same nodes,
    YAML files and fixed parameters as launch/train_sim.launch.py) with the demo profile
    ``config/demo.yaml`` on top: embedded simulator (synchronous, small camera), policy node in
    train mode, trainer node. A monitor node prints one progress line every few seconds.

@@ -1,9 +1,9 @@
 """
 The actor's logic, free of ROS: what the policy node does with each message, as plain calls.
 
-The policy node (nodes/policy_node.py) is glue around :class:`ActorCore`; the bag tools replay
+The policy node (ros/policy_node.py) is glue around :class:`ActorCore`; the bag tools replay
 recorded camera/odometry through the same object, so a bag replay and a live vehicle see one
-observation path (``observation.py``), one episode/feedback pairing and one action mapping.
+observation path (``driving/observation.py``), one episode/feedback pairing and one action mapping.
 
 Pairing (DESIGN §4): the simulator stamps each StepFeedback with the camera frame it belongs to.
 Frame *t* (image + pose) and its feedback are joined by stamp; a transition (s_t, a_t, r, s_t+1)

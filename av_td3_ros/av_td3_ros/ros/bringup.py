@@ -11,7 +11,7 @@ step)::
     bringup drive --set av_td3_policy.checkpoint_path=checkpoints/td3_step_20000.pth
 
 By default every node runs in its own process (``ProcessBringup``): the installed executable
-with ``--ros-args``, the environment of ``nodes/dds.py``, each output line prefixed with the
+with ``--ros-args``, the environment of ``ros/dds.py``, each output line prefixed with the
 node's name; SIGINT/SIGTERM are forwarded, and when one node exits the others are stopped and
 its exit code is bringup's. ``--in-process`` runs them all on one ``PooledExecutor`` instead
 (``Bringup``: the demo and tests use it to reach the node objects).

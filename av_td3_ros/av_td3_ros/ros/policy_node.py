@@ -2,7 +2,7 @@
 The policy node ``av_td3_policy``: camera + odometry + route in, vehicle control out.
 
 ROS glue only: parameters, subscriptions, lifecycle, publishing. The logic is in plain modules:
-``actor`` (observation, route, transitions), ``pairing`` (which pose answers which frame),
+``actor_core`` (observation, route, transitions), ``pairing`` (which pose answers which frame),
 ``responder`` (act, publish or hold, watchdog), ``policy_loader`` (checkpoints and weights on a
 worker thread, staged and swapped between frames), ``policy_messages``, ``policy_settings``
 and ``policy_diagnostics``. Threads: docs/policy_node.md. A lifecycle node after ros2/demos
