@@ -14,7 +14,7 @@ setup:
 
 demo: setup
 	@$(ENV) && DEMO_MINUTES=$(DEMO_MINUTES) DEMO_PROFILE=$(DEMO_PROFILE) \
-		DEMO_SCENARIO=$(DEMO_SCENARIO) python -m av_td3_ros.demo
+		DEMO_SCENARIO=$(DEMO_SCENARIO) python -m av_td3_ros.apps.demo
 
 test: setup
 	@$(ENV) && bash scripts/run_tests.sh $(PYTEST_ARGS)

@@ -1,9 +1,9 @@
 """
 ``make demo``'s job end to end, shortened: bring-up, training, the save service, evaluation, files.
 
-The real ``python -m av_td3_ros.demo`` in a process of its own (its own ROS graph, in this run's
-domain), with small networks so that a minute on 2 cores runs updates; learning itself is the
-10-minute demo's to show (README results), not this test's.
+The real ``python -m av_td3_ros.apps.demo`` in a process of its own (its own ROS graph, in this
+run's domain), with small networks so that a minute on 2 cores runs updates; learning itself is
+the 10-minute demo's to show (README results), not this test's.
 """
 
 import hashlib
@@ -13,7 +13,7 @@ from pathlib import Path
 import subprocess
 import sys
 
-from av_td3_ros.checkpoint import inspect_checkpoint
+from av_td3_ros.formats.checkpoint import inspect_checkpoint
 import pytest
 
 SMALL = """\
@@ -39,7 +39,7 @@ def demo_run(tmp_path_factory):
     small = results / 'small.yaml'
     small.write_text(SMALL)
     run = subprocess.run(
-        [sys.executable, '-m', 'av_td3_ros.demo', '--minutes', '1.3', '--eval-episodes', '1',
+        [sys.executable, '-m', 'av_td3_ros.apps.demo', '--minutes', '1.3', '--eval-episodes', '1',
          '--profile', 'td3bc', '--demonstrations', '300', '--results', str(results),
          '--params-file', str(small)],
         env=dict(os.environ), capture_output=True, text=True, timeout=300)
@@ -78,8 +78,8 @@ def test_the_checkpoint_is_the_one_the_save_service_reported(demo_run):
 def test_the_plain_td3_profile_learns_from_its_own_experience_only():
     """--profile td3: no demonstrations and no BC term; td3bc (the default) has both."""
     import yaml
-    from av_td3_ros.demo import PROFILES
-    from av_td3_ros.nodes.bringup import config_dir
+    from av_td3_ros.apps.demo import PROFILES
+    from av_td3_ros.ros.bringup import config_dir
 
     def trainer(profile: str) -> dict:
         files = [yaml.safe_load((config_dir() / f).read_text())

@@ -1,6 +1,6 @@
 """Exploration noise: white draws as before, colored noise with the spectrum and std it claims."""
 
-from av_td3_ros.exploration import ExplorationNoise, powerlaw_noise
+from av_td3_ros.driving.exploration import ExplorationNoise, powerlaw_noise
 import numpy as np
 import pytest
 

@@ -1,9 +1,9 @@
 """The policy node's diagnostics, without ROS: level, message and values."""
 
-from av_td3_ros.actor import InsertBudget, NO_POLICY_REASON
-from av_td3_ros.policy_diagnostics import (
+from av_td3_ros.driving.actor_core import InsertBudget, NO_POLICY_REASON
+from av_td3_ros.driving.policy_diagnostics import (
     ActorStats, COUNTERS, HOLD_MESSAGE, policy_status, policy_values)
-from av_td3_ros.policy_loader import StagedPolicy
+from av_td3_ros.driving.policy_loader import StagedPolicy
 
 
 def test_levels_and_messages():

@@ -3,8 +3,8 @@
 import importlib.util
 
 from av_td3_interfaces.msg import VehicleControl
-from av_td3_ros.actor import BRAKE_ACTION, TransitionData, TWIST_FULL_THROTTLE
-from av_td3_ros.policy_messages import (
+from av_td3_ros.driving.actor_core import BRAKE_ACTION, TransitionData, TWIST_FULL_THROTTLE
+from av_td3_ros.ros.policy_messages import (
     control_builder, ns_to_stamp, stamp_to_ns, transition_message)
 from geometry_msgs.msg import Twist
 import numpy as np

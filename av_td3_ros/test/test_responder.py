@@ -1,9 +1,9 @@
 """The policy node's per-frame decisions without ROS: publish or hold, release, watchdog."""
 
-from av_td3_ros.actor import ActorCore, Pose, route_from_points
-from av_td3_ros.pairing import Frame, InputPairing
-from av_td3_ros.policy_loader import StagedPolicy
-from av_td3_ros.responder import Responder
+from av_td3_ros.driving.actor_core import ActorCore, Pose, route_from_points
+from av_td3_ros.driving.pairing import Frame, InputPairing
+from av_td3_ros.driving.policy_loader import StagedPolicy
+from av_td3_ros.driving.responder import Responder
 import numpy as np
 
 MS = 1_000_000

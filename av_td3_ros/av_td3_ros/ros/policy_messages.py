@@ -1,0 +1,88 @@
+"""
+Messages the policy node publishes: controls and transitions.
+
+The one place that turns an action into a control message.
+``control_output`` (DESIGN §4) selects the message: ``native`` av_td3_interfaces/VehicleControl,
+``carla`` carla_msgs/CarlaEgoVehicleControl (imported only when selected) or ``twist``
+geometry_msgs/Twist for carla_twist_to_control. No rclpy: message classes only.
+"""
+
+from __future__ import annotations
+
+import array
+from collections.abc import Callable
+
+from av_td3_interfaces.msg import Transition, VehicleControl
+from av_td3_ros.driving.actor_core import TransitionData, twist_from_control
+from av_td3_ros.driving.observation import action_to_control
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Twist
+import numpy as np
+
+CONTROL_OUTPUTS = ('native', 'carla', 'twist')
+
+ControlBuilder = Callable[[int, np.ndarray], object]
+
+
+def stamp_to_ns(stamp: Time) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+def ns_to_stamp(ns: int) -> Time:
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def control_builder(control_output: str, twist_max_steer_angle: float
+                    ) -> tuple[type, ControlBuilder]:
+    """
+    Return (message type, builder(stamp_ns, action) -> message) for ``control_output``.
+
+    Raises ValueError for an unknown output, and for ``carla`` without carla_msgs installed.
+    """
+    if control_output == 'twist':
+        def build_twist(stamp_ns: int, action) -> Twist:
+            steer, throttle, brake = action_to_control(action)
+            msg = Twist()
+            msg.linear.x, msg.angular.z = twist_from_control(
+                steer, throttle, brake, twist_max_steer_angle)
+            return msg
+        return Twist, build_twist
+    if control_output == 'carla':
+        try:
+            from carla_msgs.msg import CarlaEgoVehicleControl as control_type
+        except ImportError as exc:
+            raise ValueError(
+                'control_output carla needs the carla_msgs package (carla-ros-bridge), '
+                f'which is not installed here ({exc}); use native or twist, or source the '
+                'CARLA ROS bridge workspace') from exc
+    elif control_output == 'native':
+        control_type = VehicleControl
+    else:
+        raise ValueError(f'control_output must be one of {", ".join(CONTROL_OUTPUTS)}; '
+                         f'got {control_output!r}')
+
+    def build(stamp_ns: int, action):
+        steer, throttle, brake = action_to_control(action)
+        msg = control_type()
+        msg.header.stamp = ns_to_stamp(stamp_ns)
+        msg.steer, msg.throttle, msg.brake = steer, throttle, brake
+        return msg
+    return control_type, build
+
+
+def transition_message(t: TransitionData, actor_id: str, frame_size: int) -> Transition:
+    """Return the av_td3_interfaces/Transition of one transition (frames uint8, rest float32)."""
+    msg = Transition()
+    msg.header.stamp = ns_to_stamp(t.stamp)
+    msg.actor_id = actor_id
+    msg.episode_id, msg.step, msg.policy_version = t.episode_id, t.step, t.policy_version
+    msg.frame_height = msg.frame_width = frame_size
+    # array.array from bytes: the generated setters take it without a per-element check
+    msg.obs_frames = array.array('B', t.obs_frames.tobytes())
+    msg.obs_vector = array.array('f', t.obs_vector.astype('float32').tobytes())
+    msg.action = array.array('f', t.action.astype('float32').tobytes())
+    msg.reward = t.reward
+    msg.next_frame = array.array('B', t.next_frame.tobytes())
+    msg.next_vector = array.array('f', t.next_vector.astype('float32').tobytes())
+    msg.terminated, msg.truncated = t.terminated, t.truncated
+    return msg
