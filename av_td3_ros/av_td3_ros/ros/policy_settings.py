@@ -101,6 +101,7 @@ class Settings:
     exploration_noise: float
     exploration_noise_final: float
     exploration_noise_decay_steps: int
+    exploration_noise_beta: float
     seed: int | None
     actor_id: str
     trainer_stats_topic: str
@@ -164,6 +165,7 @@ def read_settings(value: dict, fully_qualified_name: str) -> Settings:
         exploration_noise=value['exploration_noise'],
         exploration_noise_final=value['exploration_noise_final'],
         exploration_noise_decay_steps=value['exploration_noise_decay_steps'],
+        exploration_noise_beta=value['exploration_noise_beta'],
         seed=None if value['seed'] < 0 else value['seed'],
         actor_id=actor_id,
         trainer_stats_topic=value['trainer_stats_topic'],
