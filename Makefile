@@ -3,6 +3,8 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh
 DEMO_MINUTES ?= 10
+DEMO_PROFILE ?= td3bc
+DEMO_SCENARIO ?= 0
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test stress bench bench-learning lint clean
@@ -11,7 +13,8 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	@$(ENV) && DEMO_MINUTES=$(DEMO_MINUTES) python -m av_td3_ros.apps.demo
+	@$(ENV) && DEMO_MINUTES=$(DEMO_MINUTES) DEMO_PROFILE=$(DEMO_PROFILE) \
+		DEMO_SCENARIO=$(DEMO_SCENARIO) python -m av_td3_ros.apps.demo
 
 test: setup
 	@$(ENV) && bash scripts/run_tests.sh $(PYTEST_ARGS)

@@ -10,9 +10,11 @@ limiter, TD3 update) fed transition by transition as the trainer node feeds it; 
 training, each policy drives fixed evaluation episodes (deterministic, seeds 10000+i), and so
 does the classical baseline (pure pursuit + PID) on the same seeds.
 
-The profile is the demo's compute-tuned trainer profile (config/demo.yaml: batch 64, 0.5 updates
-per env step, 64 CNN features, one torch thread) with plain TD3 (bc_alpha 0: SB3 has no BC term
-and this benchmark learns from the agent's own experience only, no demonstrations).
+The profile is the demo's plain-TD3 profile (``make demo DEMO_PROFILE=td3``: batch 64, 0.5
+updates per env step, 64 CNN features, one torch thread, white exploration noise 0.1; bc_alpha 0,
+no demonstrations). SB3 explores with the same noise generator (``exploration.py``, through an
+``ActionNoise`` adapter), so a ``--variant`` of the noise colour applies to both; n-step variants
+are ours only (SB3's n-step buffer refuses Dict observations).
 
     python bench/bench_learning.py                       # ours + sb3, 3 seeds, scenarios 0 1
     BENCH_LEARNING_STEPS=20000 make bench-learning       # a bigger budget
@@ -48,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 # the demo's trainer profile (config/demo.yaml) with plain TD3, scaled to the budget
 PROFILE = {'batch_size': 64, 'samples_per_insert': 32.0, 'spi_error_buffer': 640.0,
            'features_dim': 64, 'num_threads': 1, 'bc_alpha': 0.0, 'checkpoint_every': 0,
-           'exploration_noise': 0.1}
+           'exploration_noise': 0.1, 'exploration_noise_beta': 0.0, 'n_step': 1}
 METRICS = ('success_rate', 'mean_distance_m', 'mean_return', 'collisions_per_km',
            'mean_abs_lateral_deviation_m')
 
@@ -74,6 +76,7 @@ def _learning_starts(env_steps: int) -> int:
 
 def train_ours(scenario: int, seed: int, env_steps: int, overrides: dict) -> dict:
     """Train with the project's Learner on the gym env; return the curve and the act function."""
+    from av_td3_ros.driving.exploration import ExplorationNoise
     from av_td3_ros.learning.config import TD3Config
     from av_td3_ros.learning.learner_loop import Learner, LearnerOptions
     import numpy as np
@@ -87,6 +90,7 @@ def train_ours(scenario: int, seed: int, env_steps: int, overrides: dict) -> dic
         td3 = learner.td3
         env = _env(scenario)
         rng = np.random.default_rng(seed + 100)
+        noise = ExplorationNoise(2, rng, config.exploration_noise_beta)   # as ActorCore explores
         curve: list[dict] = []
         obs, _ = env.reset(seed=seed)
         episode = step = 0
@@ -95,8 +99,8 @@ def train_ours(scenario: int, seed: int, env_steps: int, overrides: dict) -> dic
             if t < config.learning_starts:
                 action = rng.uniform(-1.0, 1.0, 2).astype(np.float32)
             else:
-                action = td3.act(obs['image'], obs['vector'],
-                                 noise=config.exploration_std(t), rng=rng)
+                action = np.clip(td3.act(obs['image'], obs['vector'])
+                                 + noise.sample(config.exploration_std(t)), -1.0, 1.0)
             next_obs, reward, terminated, truncated, info = env.step(action)
             learner.insert('bench', episode, step, obs['image'], obs['vector'], action,
                            float(reward), next_obs['image'][-1], next_obs['vector'],
@@ -113,6 +117,7 @@ def train_ours(scenario: int, seed: int, env_steps: int, overrides: dict) -> dic
                 curve.append({'env_steps': t + 1, 'return': total,
                               'distance_m': float(info['distance_m'])})
                 obs, _ = env.reset()
+                noise.reset()
                 episode, step, total = episode + 1, 0, 0.0
         env.close()
         updates = td3.total_it
@@ -123,15 +128,31 @@ def train_ours(scenario: int, seed: int, env_steps: int, overrides: dict) -> dic
 
 def train_sb3(scenario: int, seed: int, env_steps: int, overrides: dict) -> dict:
     """Train Stable-Baselines3 TD3 with the same networks and settings on the same env."""
-    del overrides
+    settings = {**PROFILE, **{k: v for k, v in overrides.items()
+                              if k in ('exploration_noise', 'exploration_noise_beta')}}
     import numpy as np
     from stable_baselines3 import TD3 as SB3TD3
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.logger import configure
-    from stable_baselines3.common.noise import NormalActionNoise
+    from stable_baselines3.common.noise import ActionNoise
     import torch
     torch.set_num_threads(1)
+    from av_td3_ros.driving.exploration import ExplorationNoise
     curve: list[dict] = []
+
+    class Noise(ActionNoise):
+        """The same exploration as ours (ExplorationNoise), reset at episode ends by SB3."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.noise = ExplorationNoise(2, np.random.default_rng(seed + 100),
+                                          settings['exploration_noise_beta'])
+
+        def __call__(self) -> np.ndarray:
+            return self.noise.sample(settings['exploration_noise'])
+
+        def reset(self) -> None:
+            self.noise.reset()
 
     class Curve(BaseCallback):
         def __init__(self) -> None:
@@ -156,8 +177,10 @@ def train_sb3(scenario: int, seed: int, env_steps: int, overrides: dict) -> dict
         'MultiInputPolicy', env, learning_rate=3e-4, buffer_size=env_steps,
         learning_starts=_learning_starts(env_steps), batch_size=PROFILE['batch_size'],
         tau=0.005, gamma=0.99, train_freq=(round(1 / upd), 'step'), gradient_steps=1,
-        action_noise=NormalActionNoise(np.zeros(2), np.full(2, PROFILE['exploration_noise'])),
-        policy_delay=2, target_policy_noise=0.2, target_noise_clip=0.5, seed=seed,
+        # n_steps stays 1: SB3 2.9's n-step buffer refuses Dict observations ("N-step returns
+        # are not supported for Dict observation spaces yet")
+        action_noise=Noise(), policy_delay=2,
+        target_policy_noise=0.2, target_noise_clip=0.5, seed=seed,
         device='cpu', policy_kwargs={
             'net_arch': [256, 256], 'share_features_extractor': False,
             'features_extractor_kwargs': {'cnn_output_dim': PROFILE['features_dim']}})

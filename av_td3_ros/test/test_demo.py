@@ -29,7 +29,8 @@ SMALL = """\
     checkpoint_every: 0
 """
 REQUIRED = ('train_env_steps', 'train_updates', 'wall_s', 'checkpoint_path')
-PER_POLICY = ('mean_return', 'mean_distance_m', 'mean_abs_lateral_m', 'success_rate')
+PER_POLICY = ('mean_return', 'mean_distance_m', 'mean_abs_lateral_m', 'success_rate',
+              'collisions_per_km')
 
 
 @pytest.fixture(scope='module')
@@ -39,7 +40,8 @@ def demo_run(tmp_path_factory):
     small.write_text(SMALL)
     run = subprocess.run(
         [sys.executable, '-m', 'av_td3_ros.apps.demo', '--minutes', '1.3', '--eval-episodes', '1',
-         '--demonstrations', '300', '--results', str(results), '--params-file', str(small)],
+         '--profile', 'td3bc', '--demonstrations', '300', '--results', str(results),
+         '--params-file', str(small)],
         env=dict(os.environ), capture_output=True, text=True, timeout=300)
     return run, results
 
@@ -50,12 +52,14 @@ def test_demo_writes_the_report_the_design_asks_for(demo_run):
     report = json.loads((results / 'demo.json').read_text())
     for key in REQUIRED:
         assert key in report, key
-    for who in ('policy', 'random'):
+    for who in ('policy', 'baseline', 'random'):
         for key in PER_POLICY:
             assert isinstance(report[who][key], float), (who, key)
     assert report['train_updates'] > 0 and report['train_env_steps'] > 0
     assert report['demonstration_transitions'] == 300
-    assert report['bc_alpha'] == 2.5          # config/demo.yaml's, not overridden here
+    assert report['profile'] == 'td3bc'
+    assert report['bc_alpha'] == 2.5          # config/demo_td3bc.yaml's, not overridden here
+    assert report['baseline']['success_rate'] == 1.0   # the classical controller drives the lap
     assert (results / 'training_curve.png').stat().st_size > 10_000
     assert 'through ~/save_checkpoint' in run.stdout
 
@@ -69,3 +73,18 @@ def test_the_checkpoint_is_the_one_the_save_service_reported(demo_run):
     assert hashlib.sha256(path.read_bytes()).hexdigest() == report['checkpoint_sha256']
     info = inspect_checkpoint(path)
     assert info['total_it'] == report['train_updates']
+
+
+def test_the_plain_td3_profile_learns_from_its_own_experience_only():
+    """--profile td3: no demonstrations and no BC term; td3bc (the default) has both."""
+    import yaml
+    from av_td3_ros.apps.demo import PROFILES
+    from av_td3_ros.ros.bringup import config_dir
+
+    def trainer(profile: str) -> dict:
+        files = [yaml.safe_load((config_dir() / f).read_text())
+                 for f in PROFILES[profile]['files']]
+        return {k: v for f in files
+                for k, v in f.get('/**/av_td3_trainer', {}).get('ros__parameters', {}).items()}
+    assert PROFILES['td3']['demonstrations'] == 0 and trainer('td3')['bc_alpha'] == 0.0
+    assert PROFILES['td3bc']['demonstrations'] > 0 and trainer('td3bc')['bc_alpha'] > 0.0

@@ -37,6 +37,7 @@ from typing import Any
 
 from av_td3_interfaces.msg import StepFeedback, TrainerStats, Transition
 from av_td3_interfaces.srv import SaveCheckpoint
+from av_td3_ros.driving.classical_controller import PurePursuitController
 from av_td3_ros.ros.bringup import Bringup, config_dir
 from av_td3_ros.ros.topics import TRAINER_STATS, TRANSITIONS, VehicleTopics
 import numpy as np
@@ -47,6 +48,11 @@ import yaml
 EVAL_SEED_BASE = 10_000          # evaluation seeds; training uses the sim's own seed stream
 DEMO_SEED_BASE = 20_000          # demonstration episodes: yet other seeds
 DEMO_ACTOR_ID = 'demo/baseline'
+# --profile: the parameter files (config/, in order) and the default demonstration count
+PROFILES: dict[str, dict[str, Any]] = {
+    'td3bc': {'files': ['demo.yaml'], 'demonstrations': 3000},
+    'td3': {'files': ['demo.yaml', 'demo_plain_td3.yaml'], 'demonstrations': 0},
+}
 PROGRESS_PERIOD_S = 5.0
 TAIL_RESERVE_S = 20.0            # save, shut-down, plotting, writing
 
@@ -83,6 +89,7 @@ class EvalSummary:
     mean_distance_m: float
     mean_abs_lateral_m: float
     success_rate: float
+    collisions_per_km: float
     episodes: list[EvalEpisode] = field(default_factory=list)
 
 
@@ -374,8 +381,13 @@ def eval_step_seconds(samples: int = 60) -> tuple[float, float]:
 
 
 def evaluate(act, seeds: list[int], scenario: int, max_steps: int, track_seed: int,
-             camera: dict[str, Any]) -> EvalSummary:
-    """Run one episode per seed in AvTd3Drive-v0 (the demo's road and camera) with ``act``."""
+             camera: dict[str, Any], on_reset=None) -> EvalSummary:
+    """
+    Run one episode per seed in AvTd3Drive-v0 (the demo's road and camera) with ``act``.
+
+    ``act(obs, info)`` sees the env's info too (the classical baseline reads the privileged gap
+    to the car ahead from it); ``on_reset`` runs before each episode.
+    """
     import gymnasium as gym
     import av_td3_ros.sim  # noqa: F401  (registers AvTd3Drive-v0)
     env = gym.make('AvTd3Drive-v0', scenario=scenario, track_seed=track_seed, camera=camera,
@@ -384,10 +396,12 @@ def evaluate(act, seeds: list[int], scenario: int, max_steps: int, track_seed: i
     try:
         for seed in seeds:
             obs, info = env.reset(seed=seed)
+            if on_reset is not None:
+                on_reset()
             total, lateral, steps = 0.0, 0.0, 0
             terminated = truncated = False
             while not (terminated or truncated):
-                obs, reward, terminated, truncated, info = env.step(act(obs))
+                obs, reward, terminated, truncated, info = env.step(act(obs, info))
                 total += float(reward)
                 lateral += abs(float(info['lateral_deviation_m']))
                 steps += 1
@@ -397,7 +411,10 @@ def evaluate(act, seeds: list[int], scenario: int, max_steps: int, track_seed: i
                 success=bool(info['is_success']), reason=reason))
     finally:
         env.close()
+    km = sum(e.distance_m for e in episodes) / 1000.0
+    collisions = sum(e.reason == 'collision' for e in episodes)
     return EvalSummary(
+        collisions_per_km=collisions / km if km > 0 else (math.inf if collisions else 0.0),
         mean_return=float(np.mean([e.episode_return for e in episodes])),
         mean_distance_m=float(np.mean([e.distance_m for e in episodes])),
         mean_abs_lateral_m=float(np.mean([e.mean_abs_lateral_m for e in episodes])),
@@ -406,7 +423,7 @@ def evaluate(act, seeds: list[int], scenario: int, max_steps: int, track_seed: i
 
 
 def plot_curve(curve: list[dict], path: Path, policy: EvalSummary, random: EvalSummary,
-               title: str) -> None:
+               baseline: EvalSummary, title: str) -> None:
     """Episode return and distance against env steps, with the evaluation means as lines."""
     import matplotlib
     matplotlib.use('Agg')
@@ -422,6 +439,8 @@ def plot_curve(curve: list[dict], path: Path, policy: EvalSummary, random: EvalS
             smooth = np.convolve(values, np.ones(5) / 5, mode='valid')
             ax.plot(steps[4:], smooth, '-', label='moving mean (5)')
         ax.axhline(getattr(policy, attr), color='green', ls='--', label='eval: trained policy')
+        ax.axhline(getattr(baseline, attr), color='black', ls='-.',
+                   label='eval: classical baseline')
         ax.axhline(getattr(random, attr), color='red', ls=':', label='eval: random policy')
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -433,15 +452,14 @@ def plot_curve(curve: list[dict], path: Path, policy: EvalSummary, random: EvalS
     plt.close(fig)
 
 
-def _table(policy: EvalSummary, random: EvalSummary) -> str:
-    rows = [('', 'trained policy', 'random policy'),
-            ('mean return', f'{policy.mean_return:.1f}', f'{random.mean_return:.1f}'),
-            ('mean distance (m)', f'{policy.mean_distance_m:.1f}',
-             f'{random.mean_distance_m:.1f}'),
-            ('mean |lateral| (m)', f'{policy.mean_abs_lateral_m:.2f}',
-             f'{random.mean_abs_lateral_m:.2f}'),
-            ('success rate', f'{policy.success_rate:.2f}', f'{random.success_rate:.2f}')]
-    return '\n'.join(f'  {a:<20}{b:>16}{c:>16}' for a, b, c in rows)
+def _table(summaries: dict[str, EvalSummary]) -> str:
+    rows = [('', *summaries),
+            ('mean return', *(f'{e.mean_return:.1f}' for e in summaries.values())),
+            ('mean distance (m)', *(f'{e.mean_distance_m:.1f}' for e in summaries.values())),
+            ('mean |lateral| (m)', *(f'{e.mean_abs_lateral_m:.2f}' for e in summaries.values())),
+            ('collisions / km', *(f'{e.collisions_per_km:.2f}' for e in summaries.values())),
+            ('success rate', *(f'{e.success_rate:.2f}' for e in summaries.values()))]
+    return '\n'.join(f'  {row[0]:<20}' + ''.join(f'{c:>20}' for c in row[1:]) for row in rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -454,8 +472,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--params-file', type=Path, action='append', default=[],
                         help='more ROS parameters files after config/demo.yaml')
     parser.add_argument('--eval-episodes', type=int, default=5)
-    parser.add_argument('--demonstrations', type=int, default=3000,
-                        help='baseline-controller transitions fed to the trainer (0: pure TD3)')
+    parser.add_argument('--profile', choices=sorted(PROFILES),
+                        default=os.environ.get('DEMO_PROFILE') or 'td3bc',
+                        help='td3bc: TD3+BC with demonstrations of the classical controller '
+                        '(default); td3: plain TD3 from its own experience only ($DEMO_PROFILE)')
+    parser.add_argument('--scenario', type=int, choices=(0, 1, 2),
+                        default=int(os.environ.get('DEMO_SCENARIO') or 0),
+                        help='0 empty road, 1 light traffic, 2 heavy ($DEMO_SCENARIO)')
+    parser.add_argument('--demonstrations', type=int, default=None,
+                        help='baseline-controller transitions fed to the trainer (default: the '
+                        "profile's: 3000 for td3bc, 0 for td3)")
     parser.add_argument('--demonstration-noise', type=float, default=0.2,
                         help='Gaussian noise std added to the baseline actions')
     parser.add_argument('--eval-reserve-s', type=float, default=None,
@@ -468,8 +494,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     results = args.results.resolve()
     results.mkdir(parents=True, exist_ok=True)
-    demo_yaml = config_dir() / 'demo.yaml'
-    scenario, max_steps = 0, 1000
+    profile_files = [config_dir() / name for name in PROFILES[args.profile]['files']]
+    demonstrations = (PROFILES[args.profile]['demonstrations'] if args.demonstrations is None
+                      else args.demonstrations)
+    scenario, max_steps = args.scenario, 1000
     env_s, act_s = eval_step_seconds()
     # worst case: every evaluation episode runs to the time limit; 10 % margin
     reserve = args.eval_reserve_s if args.eval_reserve_s is not None else \
@@ -482,20 +510,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f'[demo] training until {_clock(train_end - wall_start)} on the embedded simulator '
           f'(scenario {scenario}), then evaluating {args.eval_episodes} episodes each (~'
-          f'{reserve:.0f} s reserved); profile {demo_yaml}', flush=True)
-    outcome = train(train_end, results, [demo_yaml, *args.params_file], {
+          f'{reserve:.0f} s reserved); profile {args.profile} '
+          f'({", ".join(str(p) for p in profile_files)})', flush=True)
+    outcome = train(train_end, results, [*profile_files, *args.params_file], {
         'av_td3_sim': {'scenario': scenario, 'max_episode_steps': max_steps}},
-        args.demonstrations, args.demonstration_noise)
+        demonstrations, args.demonstration_noise)
 
     from av_td3_ros.driving.policy import Policy
     policy = Policy.load(outcome['checkpoint_path'])
     seeds = [EVAL_SEED_BASE + i for i in range(args.eval_episodes)]
     eval_start = time.monotonic()
     track_seed = outcome['track_seed']
-    trained = evaluate(lambda obs: policy.act(obs['image'], obs['vector']), seeds, scenario,
-                       max_steps, track_seed, outcome['camera'])
+    trained = evaluate(lambda obs, info: policy.act(obs['image'], obs['vector']), seeds,
+                       scenario, max_steps, track_seed, outcome['camera'])
+    controller = PurePursuitController()
+    baseline = evaluate(lambda obs, info: controller.act(obs['vector'],
+                                                         gap_ahead_m=info['gap_ahead_m']),
+                        seeds, scenario, max_steps, track_seed, outcome['camera'],
+                        on_reset=controller.reset)
     rng = np.random.default_rng(0)
-    random = evaluate(lambda obs: rng.uniform(-1.0, 1.0, 2).astype(np.float32), seeds,
+    random = evaluate(lambda obs, info: rng.uniform(-1.0, 1.0, 2).astype(np.float32), seeds,
                       scenario, max_steps, track_seed, outcome['camera'])
     eval_s = time.monotonic() - eval_start
     curve = outcome.pop('curve')
@@ -503,22 +537,23 @@ def main(argv: list[str] | None = None) -> int:
     method = (f'TD3+BC (alpha {outcome["bc_alpha"]:g})' if outcome['bc_alpha'] > 0 else 'TD3')
     if demos:
         method += f' with {demos} demonstration steps'
-    plot_curve(curve, results / 'training_curve.png', trained, random,
+    plot_curve(curve, results / 'training_curve.png', trained, random, baseline,
                f'make demo: {method}, {outcome["train_updates"]} updates (policy node episodes)')
     report = {
         **outcome, 'wall_s': time.monotonic() - wall_start, 'eval_s': eval_s,
         'demo_minutes': args.minutes, 'scenario': scenario, 'eval_seeds': seeds,
         'eval_backend': 'gym env AvTd3Drive-v0 (same observation builder and renderer)',
-        'profile': str(demo_yaml),
-        'profile_parameters': yaml.safe_load(demo_yaml.read_text()),
-        'policy': asdict(trained), 'random': asdict(random),
+        'profile': args.profile, 'profile_files': [str(p) for p in profile_files],
+        'profile_parameters': [yaml.safe_load(p.read_text()) for p in profile_files],
+        'policy': asdict(trained), 'baseline': asdict(baseline), 'random': asdict(random),
         'distance_ratio': trained.mean_distance_m / max(random.mean_distance_m, 1e-6),
         'training_curve': curve,
     }
     (results / 'demo.json').write_text(json.dumps(report, indent=2) + '\n')
     print(f'[demo] {outcome["train_env_steps"]} env steps, {outcome["train_updates"]} updates '
           f'in {_clock(outcome["train_s"])}; evaluation on seeds {seeds[0]}..{seeds[-1]}:')
-    print(_table(trained, random))
+    print(_table({'trained policy': trained, 'classical baseline': baseline,
+                  'random policy': random}))
     print(f'[demo] wrote {results / "demo.json"} and {results / "training_curve.png"} '
           f'({_clock(report["wall_s"])} in all)', flush=True)
     return 0

@@ -23,6 +23,7 @@ import math
 import time
 from typing import NamedTuple, Protocol
 
+from av_td3_ros.driving.exploration import ExplorationNoise
 from av_td3_ros.driving.observation import (
     build_vector, FrameStack, image_to_gray, ObservationError, ObservationSpec, Route,
     wrap_angle, yaw_from_quaternion)
@@ -298,7 +299,8 @@ class ActorCore:
                  seed: int | None = None, history: int = 64,
                  stamp_gap_reset_ns: int = 500_000_000,
                  exploration_noise_final: float | None = None,
-                 exploration_noise_decay_steps: int = 0) -> None:
+                 exploration_noise_decay_steps: int = 0,
+                 exploration_noise_beta: float = 0.0) -> None:
         if exploration_noise < 0 or (exploration_noise_final or 0.0) < 0:
             raise ValueError(f'exploration noise must be >= 0, got {exploration_noise}, '
                              f'{exploration_noise_final}')
@@ -314,6 +316,8 @@ class ActorCore:
         self.explore_steps = 0
         self.max_action = max_action
         self._rng = np.random.default_rng(seed)
+        # white (beta 0) or colored noise, one sequence per episode (exploration.py says why)
+        self._noise = ExplorationNoise(2, self._rng, exploration_noise_beta)
         self._history = history
         self._stamp_gap_reset_ns = stamp_gap_reset_ns
         self._policy: PolicyLike | None = None
@@ -433,7 +437,7 @@ class ActorCore:
                 std = self.exploration_std()
                 self.explore_steps += 1
                 if std > 0:
-                    noise = self._rng.normal(0.0, std * self.max_action, 2)
+                    noise = self._noise.sample(std * self.max_action)
                     action = np.clip(action + noise, -self.max_action, self.max_action
                                      ).astype(np.float32)
         transitions: list[TransitionData] = []
@@ -495,6 +499,7 @@ class ActorCore:
     def _start_episode_at(self, stamp: int) -> None:
         """Start the live stack at ``stamp``, re-pushing if that frame was already stacked."""
         self._episode_starts.append(stamp)
+        self._noise.reset()
         pushed = list(self._pushed)
         for i, (pushed_stamp, _) in enumerate(pushed):
             if pushed_stamp == stamp:

@@ -72,6 +72,9 @@ class TD3Config:
         0, 'env steps of an actor over which its exploration noise decays linearly from '
         'exploration_noise to exploration_noise_final; 0 = constant exploration_noise',
         0, 1_000_000_000)
+    exploration_noise_beta: float = _p(
+        0.0, 'colour of the exploration noise of the actors, power spectrum 1/f^beta: 0 white '
+        'Gaussian (TD3), 1 pink (Eberhard et al. 2023), 2 red; one sequence per episode', 0.0, 3.0)
     augment_pad: int = _p(
         0, 'DrQ random-shift augmentation of sampled stacks: replicate-pad by this many '
         'pixels and crop back at a random offset (one shift per stack, the same for all its '

@@ -146,6 +146,7 @@ class PolicyNode(LifecycleNode):
                                exploration_noise_final=settings.exploration_noise_final,
                                exploration_noise_decay_steps=(
                                    settings.exploration_noise_decay_steps),
+                               exploration_noise_beta=settings.exploration_noise_beta,
                                seed=settings.seed,
                                stamp_gap_reset_ns=int(settings.input_timeout * 1e9))
         self._run = Responder(

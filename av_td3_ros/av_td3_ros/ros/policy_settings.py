@@ -69,6 +69,9 @@ PARAMETERS: dict[str, tuple] = {
     'exploration_noise_decay_steps': (0, 'train mode: policy actions of this node over which '
                                       'the noise decays; 0 = constant exploration_noise',
                                       (0, 1_000_000_000)),
+    'exploration_noise_beta': (0.0, 'train mode: colour of the exploration noise, power '
+                               'spectrum 1/f^beta: 0 white Gaussian (TD3), 1 pink, 2 red; '
+                               'colored noise is drawn as one sequence per episode', (0.0, 3.0)),
     'seed': (-1, 'seed of the exploration noise; -1: from the OS', (-1, 2**31 - 1)),
     'actor_id': ('', 'stream id in the transitions; empty: host:pid/namespace/name', None),
     'trainer_stats_topic': (TRAINER_STATS, 'train mode: TrainerStats of the learner, '
@@ -98,6 +101,7 @@ class Settings:
     exploration_noise: float
     exploration_noise_final: float
     exploration_noise_decay_steps: int
+    exploration_noise_beta: float
     seed: int | None
     actor_id: str
     trainer_stats_topic: str
@@ -161,6 +165,7 @@ def read_settings(value: dict, fully_qualified_name: str) -> Settings:
         exploration_noise=value['exploration_noise'],
         exploration_noise_final=value['exploration_noise_final'],
         exploration_noise_decay_steps=value['exploration_noise_decay_steps'],
+        exploration_noise_beta=value['exploration_noise_beta'],
         seed=None if value['seed'] < 0 else value['seed'],
         actor_id=actor_id,
         trainer_stats_topic=value['trainer_stats_topic'],
