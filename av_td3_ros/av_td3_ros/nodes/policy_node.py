@@ -30,7 +30,7 @@ from av_td3_ros.policy_diagnostics import policy_status, policy_values
 from av_td3_ros.policy_loader import build_policy, PolicyLoader
 from av_td3_ros.policy_messages import control_builder, stamp_to_ns, transition_message
 from av_td3_ros.policy_settings import (
-    descriptor, PARAMETERS, read_settings, Settings, STRING_ARRAY)
+    camera_qos_advice, descriptor, PARAMETERS, read_settings, Settings, STRING_ARRAY)
 from av_td3_ros.responder import Responder
 from av_td3_ros.topics import DIAGNOSTICS, POLICY_WEIGHTS, TRANSITIONS
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -38,6 +38,7 @@ from nav_msgs.msg import Odometry, Path
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import ParameterUninitializedException
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -216,7 +217,8 @@ class PolicyNode(LifecycleNode):
                 history=HistoryPolicy.KEEP_LAST, depth=settings.image_depth,
                 reliability=(ReliabilityPolicy.RELIABLE if settings.image_reliable
                              else ReliabilityPolicy.BEST_EFFORT)), callback_group=infer,
-            raw=True))
+            raw=True, event_callbacks=SubscriptionEventCallbacks(
+                incompatible_qos=self._on_image_qos_incompatible)))
         keep(self.create_subscription(Odometry, topics.odometry, self._on_odometry, reliable,
                                       callback_group=infer))
         keep(self.create_subscription(Path, topics.waypoints, self._on_waypoints, latched,
@@ -317,6 +319,13 @@ class PolicyNode(LifecycleNode):
             run.stats.counts['frames_superseded'] += 1
         answer = run.pairing.on_image(Frame(image.stamp_ns, gray, received))
         run.answer(answer, time.monotonic(), self._loader.take())
+
+    def _on_image_qos_incompatible(self, event) -> None:
+        """Say once per incompatible camera publisher why its frames never arrive."""
+        if event.total_count_change > 0:
+            self.get_logger().warning(camera_qos_advice(
+                self._image_sub.topic_name, event.last_policy_kind.name,
+                self._settings is None or self._settings.image_reliable))
 
     @_guarded()
     def _on_odometry(self, msg: Odometry) -> None:
