@@ -9,6 +9,7 @@ The node counts events and timings in :class:`ActorStats` as it works; every
 from __future__ import annotations
 
 from av_td3_ros.actor import InsertBudget, NO_POLICY_REASON, RollingStats
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 COUNTERS = ('frames_answered', 'images_refused', 'odometry_refused', 'waypoints_refused',
             'weights_refused', 'transitions_published', 'watchdog_brakes', 'frames_superseded',
@@ -78,3 +79,23 @@ def policy_values(stats: ActorStats, now: float, *, train: bool, control_output:
         'transitions_since_stats': str(budget.since_stats),
         **{name: str(count) for name, count in stats.counts.items()},
     }
+
+
+def diagnostics_message(run, core, control_output: str, name: str, hardware_id: str, now: float,
+                        stamp) -> DiagnosticArray:
+    """
+    Build the node's diagnostics: one status ``<name>: policy`` with its level, message and values.
+
+    ``run`` is the configuration's Responder, ``core`` its ActorCore, ``now`` monotonic.
+    """
+    level, message = policy_status(run.held is not None, run.brake_reason, core.train,
+                                   core.policy is not None, run.load_error)
+    values = policy_values(run.stats, now, train=core.train, control_output=control_output,
+                           policy_info=run.policy_info, load_error=run.load_error,
+                           policy_version=core.policy_version, budget=run.budget)
+    status = DiagnosticStatus(name=f'{name}: policy', hardware_id=hardware_id,
+                              level=getattr(DiagnosticStatus, level), message=message,
+                              values=[KeyValue(key=k, value=v) for k, v in values.items()])
+    msg = DiagnosticArray(status=[status])
+    msg.header.stamp = stamp
+    return msg

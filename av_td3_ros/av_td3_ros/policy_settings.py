@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import os
 import socket
 
+from av_td3_ros.actor import ActorCore
 from av_td3_ros.policy_messages import CONTROL_OUTPUTS
 from av_td3_ros.topics import check_role_name, DEFAULT_ROLE, TRAINER_STATS, VehicleTopics
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -182,4 +183,12 @@ def camera_qos_advice(topic: str, policy: str, reliable: bool) -> str:
     if policy == 'RELIABILITY' and reliable:
         return (f'{message}. It publishes best effort (sensor-data QoS, as most camera drivers '
                 f'do): set image_qos_reliability:=best_effort')
-    return f'{message}. Check the publisher\'s QoS and image_qos_reliability / image_qos_depth'
+    return f"{message}. Check the publisher's QoS and image_qos_reliability / image_qos_depth"
+
+
+def actor_core(settings: Settings) -> ActorCore:
+    """Build a fresh actor as the settings of one configuration ask (no policy yet)."""
+    return ActorCore(train=settings.train, exploration_noise=settings.exploration_noise,
+                     exploration_noise_final=settings.exploration_noise_final,
+                     exploration_noise_decay_steps=settings.exploration_noise_decay_steps,
+                     seed=settings.seed, stamp_gap_reset_ns=int(settings.input_timeout * 1e9))
