@@ -11,7 +11,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	@$(ENV) && DEMO_MINUTES=$(DEMO_MINUTES) python -m av_td3_ros.demo
+	@$(ENV) && DEMO_MINUTES=$(DEMO_MINUTES) python -m av_td3_ros.apps.demo
 
 test: setup
 	@$(ENV) && bash scripts/run_tests.sh $(PYTEST_ARGS)

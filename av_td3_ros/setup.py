@@ -25,14 +25,14 @@ setup(
     license='Apache-2.0',
     entry_points={
         'console_scripts': [
-            'sim_node = av_td3_ros.nodes.sim_node:main',
-            'policy_node = av_td3_ros.nodes.policy_node:main',
-            'trainer_node = av_td3_ros.nodes.trainer_node:main',
-            'bringup = av_td3_ros.nodes.bringup:main',
-            'baseline = av_td3_ros.tools.baseline:main',
-            'checkpoint_tool = av_td3_ros.tools.checkpoint_tool:main',
-            'bag_tool = av_td3_ros.tools.bag_tool:main',
-            'carla_episode_node = av_td3_ros.nodes.carla_episode_node:main',
+            'sim_node = av_td3_ros.ros.sim_node:main',
+            'policy_node = av_td3_ros.ros.policy_node:main',
+            'trainer_node = av_td3_ros.ros.trainer_node:main',
+            'bringup = av_td3_ros.ros.bringup:main',
+            'baseline = av_td3_ros.apps.baseline:main',
+            'checkpoint_tool = av_td3_ros.apps.checkpoint_tool:main',
+            'bag_tool = av_td3_ros.apps.bag_tool:main',
+            'carla_episode_node = av_td3_ros.ros.carla_episode_node:main',
         ],
     },
 )

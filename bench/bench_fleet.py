@@ -44,8 +44,8 @@ def _measure(n_actors: int) -> dict:
     import threading
 
     from av_td3_interfaces.msg import TrainerStats
-    from av_td3_ros.nodes.bringup import actor_roles, ProcessBringup
-    from av_td3_ros.topics import TRAINER_STATS
+    from av_td3_ros.ros.bringup import actor_roles, ProcessBringup
+    from av_td3_ros.ros.topics import TRAINER_STATS
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 

@@ -60,7 +60,7 @@ def _env(scenario: int):
 
 
 def _evaluate(act, scenario: int, episodes: int) -> dict:
-    from av_td3_ros.baseline import evaluate
+    from av_td3_ros.driving.classical_controller import evaluate
     env = _env(scenario)
     try:
         return evaluate(env, lambda obs, info: act(obs), episodes, seed=EVAL_SEED)
@@ -74,8 +74,8 @@ def _learning_starts(env_steps: int) -> int:
 
 def train_ours(scenario: int, seed: int, env_steps: int, overrides: dict) -> dict:
     """Train with the project's Learner on the gym env; return the curve and the act function."""
-    from av_td3_ros.config import TD3Config
-    from av_td3_ros.learner_loop import Learner, LearnerOptions
+    from av_td3_ros.learning.config import TD3Config
+    from av_td3_ros.learning.learner_loop import Learner, LearnerOptions
     import numpy as np
     import torch
     torch.set_num_threads(1)
@@ -185,9 +185,9 @@ def run_one(job: dict) -> dict:
 
 def baseline_row(scenario: int, episodes: int) -> dict:
     """The classical driver (pure pursuit + PID, no range sensor) on the evaluation seeds."""
-    from av_td3_ros.baseline import PurePursuitController
+    from av_td3_ros.driving.classical_controller import PurePursuitController
     controller = PurePursuitController()
-    from av_td3_ros.baseline import evaluate
+    from av_td3_ros.driving.classical_controller import evaluate
     env = _env(scenario)
     try:
         return evaluate(env, lambda obs, info: controller.act(obs['vector']), episodes,

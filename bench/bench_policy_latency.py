@@ -1,7 +1,7 @@
 """
 Policy latency over DDS: 800x600 bgra8 image published -> vehicle control received.
 
-The policy node runs as its own process (``python -m av_td3_ros.nodes.policy_node``, deploy mode,
+The policy node runs as its own process (``python -m av_td3_ros.ros.policy_node``, deploy mode,
 a freshly initialised policy export as its checkpoint); this process plays the vehicle: it
 latches a route, publishes odometry + camera at 20 Hz with the same stamp, and times each control
 by the image stamp it echoes. It runs twice: a reliable camera (the node's default QoS), and a
@@ -45,18 +45,19 @@ def _environment() -> dict:
 def _write_policy(directory: pathlib.Path) -> pathlib.Path:
     import torch
 
-    from av_td3_ros.config import TD3Config
-    from av_td3_ros.td3 import TD3
+    from av_td3_ros.formats.policy_export import export_td3_policy
+    from av_td3_ros.learning.config import TD3Config
+    from av_td3_ros.learning.td3 import TD3
     torch.manual_seed(0)
     path = directory / 'bench_policy.safetensors'
-    path.write_bytes(TD3(TD3Config()).export_policy())
+    path.write_bytes(export_td3_policy(TD3(TD3Config())))
     return path
 
 
 def _measure(frames: int, reliable: bool = True) -> list[float]:
     """Publish camera + odometry, return image-publish -> control-received latencies (s)."""
     from av_td3_interfaces.msg import VehicleControl
-    from av_td3_ros.nodes.allocator import keep_large_buffers
+    from av_td3_ros.ros.allocator import keep_large_buffers
     from geometry_msgs.msg import PoseStamped
     from nav_msgs.msg import Odometry, Path
     import rclpy
@@ -153,7 +154,7 @@ def _run_once(reliable: bool) -> np.ndarray:
         log_path = pathlib.Path(tmp) / 'policy_node.log'
         with open(log_path, 'w') as log:
             node = subprocess.Popen(
-                [sys.executable, '-m', 'av_td3_ros.nodes.policy_node', '--ros-args',
+                [sys.executable, '-m', 'av_td3_ros.ros.policy_node', '--ros-args',
                  '-p', 'mode:=deploy', '-p', f'checkpoint_path:={policy_path}',
                  '-p', 'num_threads:=1', '-p', f'image_qos_reliability:={reliability}'],
                 env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -182,7 +183,7 @@ def run() -> dict:
         figures[f'{key}_frames'] = int(latencies.size)
     # the node inherits this environment: ONEDNN_MAX_CPU_ISA / ATEN_CPU_CAPABILITY emulate a
     # smaller CPU (e.g. AVX2 without native bf16 on an AVX-512 one)
-    from av_td3_ros.td3 import cpu_kernel_limits
+    from av_td3_ros.learning.td3 import cpu_kernel_limits
     from bench_trainer import cpu_flags
     capability, onednn_isa = cpu_kernel_limits()
     figures.update(policy_latency_cpu_flags=cpu_flags(), policy_latency_cpu_capability=capability,

@@ -37,7 +37,7 @@ def gym_steps_per_s(steps: int = GYM_STEPS) -> tuple[float, float]:
     """
     import gymnasium as gym
 
-    from av_td3_ros.baseline import PurePursuitController
+    from av_td3_ros.driving.classical_controller import PurePursuitController
     import av_td3_ros.sim  # noqa: F401 - registers AvTd3Drive-v0
 
     env = gym.make('AvTd3Drive-v0', scenario=1)
@@ -64,7 +64,7 @@ def gym_steps_per_s(steps: int = GYM_STEPS) -> tuple[float, float]:
 def _trivial_controller():
     """A node answering each camera frame with a stamped control; ``arrivals`` times the frames."""
     from av_td3_interfaces.msg import VehicleControl
-    from av_td3_ros.topics import VehicleTopics
+    from av_td3_ros.ros.topics import VehicleTopics
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
@@ -112,8 +112,8 @@ def _inprocess_main(executor_kind: str) -> None:
     """Child process: sim_node and the trivial controller on one executor, as bringup runs them."""
     import threading
 
-    from av_td3_ros.nodes.executor import PooledExecutor
-    from av_td3_ros.nodes.sim_node import SimNode
+    from av_td3_ros.ros.executor import PooledExecutor
+    from av_td3_ros.ros.sim_node import SimNode
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
@@ -153,7 +153,7 @@ def ros_sync_steps_per_s() -> float:
     """sim_node + trivial controller, separate processes, synchronous mode, 400x300 camera."""
     env = _ros_env()
     sim = subprocess.Popen(
-        [sys.executable, '-m', 'av_td3_ros.nodes.sim_node', '--ros-args',
+        [sys.executable, '-m', 'av_td3_ros.ros.sim_node', '--ros-args',
          *[a for k, v in SIM_PARAMETERS.items() for a in ('-p', f'{k}:={v}')],
          '--log-level', 'warn'],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

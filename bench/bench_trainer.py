@@ -20,9 +20,9 @@ import os
 import statistics
 import time
 
-from av_td3_ros.config import TD3Config
-from av_td3_ros.replay import ReplayBuffer
-from av_td3_ros.td3 import cpu_kernel_limits, TD3
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.learning.replay import ReplayBuffer
+from av_td3_ros.learning.td3 import cpu_kernel_limits, TD3
 import gymnasium as gym
 import numpy as np
 import torch

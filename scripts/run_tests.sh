@@ -13,7 +13,7 @@ cd av_td3_ros
 # participants) has made it miss its deadline. Then the rest of the suite.
 status=0
 # A failed test is retried up to twice and reported as rerun; one that fails three times fails
-# the run. Before nodes/executor.py (rclpy's MultiThreadedExecutor starved in-process graphs),
+# the run. Before ros/executor.py (rclpy's MultiThreadedExecutor starved in-process graphs),
 # DDS timing failed a different test in each full run here; since, full runs needed no retry.
 RERUNS=(--reruns 2 --reruns-delay 1)
 python -m pytest "${RERUNS[@]}" test/test_e2e.py "$@" || status=$?

@@ -8,13 +8,13 @@ They collect experience for one trainer elsewhere (trainer.launch.py).
 Each pair gets the role ``<role_prefix><i>`` (``role_prefix`` alone for one actor): its topics
 move to ``/carla/<role>/...`` and ``/av_td3/<role>/step_feedback``, its nodes into namespace
 ``/<role>``. Role names must be unique across the fleet. Without ``ros2 launch``:
-``bringup actors_sim --actors 2 --role-prefix hostA_car`` (nodes/bringup.py).
+``bringup actors_sim --actors 2 --role-prefix hostA_car`` (ros/bringup.py).
 """
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from av_td3_ros.nodes.dds import dds_environment
+from av_td3_ros.ros.dds import dds_environment
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution

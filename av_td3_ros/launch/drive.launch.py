@@ -7,14 +7,14 @@ Drive with a trained policy: the policy node alone, for an existing vehicle stac
 The stack provides the camera image, odometry and the route (nav_msgs/Path, transient-local) and
 consumes the control; each topic is a launch argument remapping the node's default (DESIGN §4).
 Machines without ``ros2 launch`` (ROS 2 from PyPI wheels) run the same node and YAML file with
-``bringup drive`` (nodes/bringup.py; a test keeps the two in step).
+``bringup drive`` (ros/bringup.py; a test keeps the two in step).
 """
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from av_td3_ros.nodes.dds import dds_environment
-from av_td3_ros.topics import VehicleTopics
+from av_td3_ros.ros.dds import dds_environment
+from av_td3_ros.ros.topics import VehicleTopics
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution

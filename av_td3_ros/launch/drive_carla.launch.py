@@ -15,7 +15,7 @@ server's version; see docs/carla.md. train_carla.launch.py includes this file wi
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from av_td3_ros.nodes.dds import dds_environment
+from av_td3_ros.ros.dds import dds_environment
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, SetEnvironmentVariable
 from launch.launch_description_sources import PythonLaunchDescriptionSource
@@ -62,7 +62,7 @@ def carla_actions(arg: dict) -> list:
     """Return the bridge, the ego vehicle, the episode node and the policy node."""
     role = arg['role_name']
     return [
-        # DESIGN §4: 800x600 frames over Fast DDS (nodes/dds.py, as bringup sets them); the
+        # DESIGN §4: 800x600 frames over Fast DDS (ros/dds.py, as bringup sets them); the
         # bridge, which publishes the camera, is started here and gets the same profile.
         *[SetEnvironmentVariable(name, value)
           for name, value in dds_environment(_share('config')).items()],

@@ -4,14 +4,14 @@ Train on the embedded simulator: sim (synchronous) + policy (train mode) + train
     ros2 launch av_td3_ros train_sim.launch.py scenario:=1 seed:=3 resume:=latest
 
 Machines without ``ros2 launch`` (ROS 2 from PyPI wheels) run the same nodes, YAML files and
-fixed parameters in one process with ``bringup train_sim`` (nodes/bringup.py; a test keeps the
+fixed parameters in one process with ``bringup train_sim`` (ros/bringup.py; a test keeps the
 two in step).
 """
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from av_td3_ros.nodes.dds import dds_environment
+from av_td3_ros.ros.dds import dds_environment
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution

@@ -4,13 +4,13 @@ The learner alone, for the trainer machine of a fleet (actors elsewhere: actors_
     ros2 launch av_td3_ros trainer.launch.py checkpoint_dir:=$HOME/td3_ckpt resume:=latest
 
 Every actor in the same ROS domain feeds it over ``/av_td3/transitions`` and gets its weights
-over ``/av_td3/policy_weights``. Without ``ros2 launch``: ``bringup trainer`` (nodes/bringup.py).
+over ``/av_td3/policy_weights``. Without ``ros2 launch``: ``bringup trainer`` (ros/bringup.py).
 """
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from av_td3_ros.nodes.dds import dds_environment
+from av_td3_ros.ros.dds import dds_environment
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution

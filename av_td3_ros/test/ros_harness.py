@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 from av_td3_interfaces.msg import Transition
-from av_td3_ros.nodes.executor import PooledExecutor
-from av_td3_ros.observation import FrameStack, ObservationSpec
+from av_td3_ros.driving.observation import FrameStack, ObservationSpec
+from av_td3_ros.ros.executor import PooledExecutor
 import numpy as np
 import rclpy
 from rclpy._rclpy_pybind11 import InvalidHandle

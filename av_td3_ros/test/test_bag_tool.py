@@ -1,7 +1,7 @@
 """
 bag_tool and the trainer's record_bag over real DDS and real files.
 
-``play`` and ``record`` run as separate processes (``python -m av_td3_ros.tools.bag_tool``) as a
+``play`` and ``record`` run as separate processes (``python -m av_td3_ros.apps.bag_tool``) as a
 user runs them, talking over DDS to real rclpy nodes in this process (ros_harness); the offline
 commands run through the same ``main()`` in-process, which spares a torch import per call.
 """
@@ -20,18 +20,18 @@ import threading
 import time
 
 from av_td3_interfaces.msg import Transition, VehicleControl
-from av_td3_ros.bags import BagReader, BagWriter, RawTopics, replay_policy
-from av_td3_ros.checkpoint import inspect_checkpoint, load_checkpoint, save_checkpoint
-from av_td3_ros.config import TD3Config
-from av_td3_ros.nodes.policy_node import PolicyNode
-from av_td3_ros.nodes.sim_node import SimNode
-from av_td3_ros.nodes.trainer_node import TrainerNode
-from av_td3_ros.observation import action_to_control, ObservationSpec
-from av_td3_ros.policy import Policy
+from av_td3_ros.apps.bag_tool import BagRecorder, main as bag_tool_main
+from av_td3_ros.apps.baseline import BaselineNode
+from av_td3_ros.driving.observation import action_to_control, ObservationSpec
+from av_td3_ros.driving.policy import Policy
+from av_td3_ros.formats.checkpoint import inspect_checkpoint, load_checkpoint, save_checkpoint
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.learning.td3 import TD3
+from av_td3_ros.ros.bags import BagReader, BagWriter, RawTopics, replay_policy
+from av_td3_ros.ros.policy_node import PolicyNode
+from av_td3_ros.ros.sim_node import SimNode
+from av_td3_ros.ros.trainer_node import TrainerNode
 from av_td3_ros.sim.env import AvTd3DriveEnv
-from av_td3_ros.td3 import TD3
-from av_td3_ros.tools.bag_tool import BagRecorder, main as bag_tool_main
-from av_td3_ros.tools.baseline import BaselineNode
 from nav_msgs.msg import Odometry, Path as PathMsg
 import numpy as np
 import pytest
@@ -52,7 +52,7 @@ TOPICS = RawTopics()
 
 def bag_tool(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
     """Run the bag_tool CLI in its own process, as a user would."""
-    return subprocess.run([sys.executable, '-m', 'av_td3_ros.tools.bag_tool', *map(str, args)],
+    return subprocess.run([sys.executable, '-m', 'av_td3_ros.apps.bag_tool', *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
 
 
@@ -226,7 +226,7 @@ def test_record_cli(tmp_path, harness):
         depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
     latched.publish(PathMsg())
     process = subprocess.Popen(
-        [sys.executable, '-m', 'av_td3_ros.tools.bag_tool', 'record', str(tmp_path / 'rec'),
+        [sys.executable, '-m', 'av_td3_ros.apps.bag_tool', 'record', str(tmp_path / 'rec'),
          '--topics', '/bag_test/speed', '/bag_test/path', '--storage', 'sqlite3'],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: publisher.get_subscription_count() > 0, 30, 'the recorder')

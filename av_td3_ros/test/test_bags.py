@@ -17,11 +17,11 @@ import sys
 import threading
 
 from av_td3_interfaces.msg import StepFeedback, Transition
-from av_td3_ros import bags
-from av_td3_ros.bags import (
+from av_td3_ros.driving.observation import build_vector, image_to_gray, ObservationSpec, Route
+from av_td3_ros.ros import bags
+from av_td3_ros.ros.bags import (
     bag_transitions, BagError, BagReader, BagWriter, project_typestore, RawTopics,
     replay_policy, TRANSITION_TYPE, TransitionBagWriter)
-from av_td3_ros.observation import build_vector, image_to_gray, ObservationSpec, Route
 import numpy as np
 import pytest
 from rclpy.serialization import deserialize_message, serialize_message
@@ -71,7 +71,7 @@ def test_msg_dir_falls_back_to_the_source_tree(monkeypatch):
 
     monkeypatch.setattr(bags, 'get_package_share_directory', not_installed)
     found = bags.interfaces_msg_dir()
-    assert found == Path(bags.__file__).resolve().parents[2] / 'av_td3_interfaces' / 'msg'
+    assert found == Path(bags.__file__).resolve().parents[3] / 'av_td3_interfaces' / 'msg'
     assert (found / 'Transition.msg').is_file()
 
 
@@ -402,7 +402,7 @@ def test_sqlite_bag_keeps_flushed_messages_when_the_writer_dies(tmp_path):
     """A process killed before close(): the .db3 still holds what was committed."""
     script = (
         'import os, sys\n'
-        'from av_td3_ros.bags import TransitionBagWriter\n'
+        'from av_td3_ros.ros.bags import TransitionBagWriter\n'
         'writer = TransitionBagWriter(sys.argv[1], "sqlite3", flush_period_s=3600.0)\n'
         'for i in range(30):\n'
         '    writer.write_transition(bytes.fromhex(sys.argv[2]), i)\n'

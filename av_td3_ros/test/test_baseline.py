@@ -3,10 +3,11 @@
 import json
 import math
 
-from av_td3_ros.baseline import EpisodeStats, evaluate, PurePursuitController, summarize
-from av_td3_ros.observation import ObservationSpec
+from av_td3_ros.apps import baseline as cli
+from av_td3_ros.driving.classical_controller import (
+    EpisodeStats, evaluate, PurePursuitController, summarize)
+from av_td3_ros.driving.observation import ObservationSpec
 import av_td3_ros.sim  # noqa: F401 - registers AvTd3Drive-v0
-from av_td3_ros.tools import baseline as cli
 import gymnasium as gym
 import numpy as np
 import pytest

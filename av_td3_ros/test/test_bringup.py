@@ -8,8 +8,8 @@ import threading
 import time
 
 from ament_index_python.packages import get_package_prefix
-from av_td3_ros.nodes import bringup
-from av_td3_ros.nodes.bringup import Bringup, parse_set
+from av_td3_ros.ros import bringup
+from av_td3_ros.ros.bringup import Bringup, parse_set
 import pytest
 
 pytestmark = pytest.mark.ros

@@ -18,14 +18,14 @@ import random
 import threading
 import time
 
-from av_td3_ros.carla_episode import (
+from av_td3_ros.carla.episode import (
     carla_to_enu, CarlaEpisode, CarlaEpisodeConfig, CarlaSetupError, CollisionRecord,
     enu_to_carla, EventLog, FrameSync, LaneGraph, LaneInvasionRecord, OdometrySample,
     plan_route, route_to_enu, RoutePlanningError)
-from av_td3_ros.observation import wrap_angle
-from av_td3_ros.reward import (
+from av_td3_ros.driving.observation import wrap_angle
+from av_td3_ros.ros.topics import VehicleTopics
+from av_td3_ros.sim.reward import (
     compute_reward, jerk_magnitude, load_reward_weights, StepMeasurements, TERM_NAMES)
-from av_td3_ros.topics import VehicleTopics
 import carla_standin as cs
 import numpy as np
 import pytest
@@ -483,7 +483,7 @@ def test_gap_ahead_sees_only_vehicles_on_the_route_ahead():
 
 
 def _node_module():
-    return importlib.import_module('av_td3_ros.nodes.carla_episode_node')
+    return importlib.import_module('av_td3_ros.ros.carla_episode_node')
 
 
 def test_config_file_sets_every_declared_parameter_and_nothing_else():
@@ -660,7 +660,7 @@ def _wait(predicate, timeout=10.0):
 @pytest.mark.ros
 def test_node_publishes_route_feedback_and_resets_over_dds(carla_msgs, tmp_path):
     import rclpy
-    from av_td3_ros.nodes.executor import PooledExecutor
+    from av_td3_ros.ros.executor import PooledExecutor
     from std_srvs.srv import Trigger
     node_module = _node_module()
     _, ego, client = _make_world()
@@ -744,7 +744,7 @@ def test_node_publishes_route_feedback_and_resets_over_dds(carla_msgs, tmp_path)
 def test_node_waits_for_the_server_and_the_ego_vehicle(carla_msgs):
     """No server, then a world without the ego: reset refused, node retries, then starts."""
     import rclpy
-    from av_td3_ros.nodes.executor import PooledExecutor
+    from av_td3_ros.ros.executor import PooledExecutor
     from rclpy.parameter import Parameter
     from std_srvs.srv import Trigger
     world, ego, _ = _make_world()

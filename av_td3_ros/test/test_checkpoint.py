@@ -4,14 +4,15 @@ import os
 from pathlib import Path
 import pickle
 
-from av_td3_ros import checkpoint as ckpt
-from av_td3_ros.checkpoint import (
+from av_td3_ros.driving.policy import Policy
+from av_td3_ros.formats import checkpoint as ckpt
+from av_td3_ros.formats.checkpoint import (
     CheckpointError, inspect_checkpoint, load_checkpoint, newest_checkpoint, read_checkpoint,
     replay_path_for, resolve_checkpoint_path, save_checkpoint, sha256_file)
-from av_td3_ros.config import TD3Config
-from av_td3_ros.policy import Policy
-from av_td3_ros.replay import Batch, ReplayBuffer
-from av_td3_ros.td3 import TD3
+from av_td3_ros.formats.policy_export import export_td3_policy
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.learning.replay import Batch, ReplayBuffer
+from av_td3_ros.learning.td3 import TD3
 from legacy_checkpoint import write_legacy_checkpoint
 import numpy as np
 import pytest
@@ -237,7 +238,7 @@ def test_bad_files_are_refused_with_a_reason_and_nothing_runs_or_changes(tmp_pat
 def test_policy_export_is_not_a_learner_checkpoint(tmp_path):
     td3 = _trained()
     path = tmp_path / 'p.safetensors'
-    path.write_bytes(td3.export_policy())
+    path.write_bytes(export_td3_policy(td3))
     with pytest.raises(CheckpointError, match='policy export'):
         load_checkpoint(path, TD3(CFG))
     tampered = tmp_path / 'tampered.safetensors'
@@ -252,7 +253,7 @@ def test_policy_from_checkpoint_and_export_acts_like_the_learner(tmp_path):
     td3 = _trained(n=4)
     save_checkpoint(tmp_path / 'a.pth', td3)
     from_file = Policy.load(tmp_path / 'a.pth')
-    from_bytes = Policy.from_export_bytes(td3.export_policy())
+    from_bytes = Policy.from_export_bytes(export_td3_policy(td3))
     assert from_file.version == from_bytes.version == 4
     assert from_file.spec == CFG.obs
     for seed in range(3):

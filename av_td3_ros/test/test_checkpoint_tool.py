@@ -6,13 +6,13 @@ from pathlib import Path
 import subprocess
 
 from ament_index_python.packages import get_package_prefix
-from av_td3_ros.checkpoint import (
+from av_td3_ros.apps.checkpoint_tool import main
+from av_td3_ros.driving.policy import Policy
+from av_td3_ros.formats.checkpoint import (
     CheckpointError, convert_legacy, inspect_checkpoint, load_checkpoint, read_checkpoint,
     save_checkpoint)
-from av_td3_ros.config import TD3Config
-from av_td3_ros.policy import Policy
-from av_td3_ros.td3 import TD3
-from av_td3_ros.tools.checkpoint_tool import main
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.learning.td3 import TD3
 from legacy_checkpoint import write_legacy_checkpoint
 import numpy as np
 import pytest

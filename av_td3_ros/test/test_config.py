@@ -4,8 +4,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from av_td3_ros.config import TD3Config
-from av_td3_ros.observation import ObservationSpec
+from av_td3_ros.driving.observation import ObservationSpec
+from av_td3_ros.learning.config import TD3Config
 import pytest
 import yaml
 

@@ -1,9 +1,9 @@
 """
 ``make demo``'s job end to end, shortened: bring-up, training, the save service, evaluation, files.
 
-The real ``python -m av_td3_ros.demo`` in a process of its own (its own ROS graph, in this run's
-domain), with small networks so that a minute on 2 cores runs updates; learning itself is the
-10-minute demo's to show (README results), not this test's.
+The real ``python -m av_td3_ros.apps.demo`` in a process of its own (its own ROS graph, in this
+run's domain), with small networks so that a minute on 2 cores runs updates; learning itself is
+the 10-minute demo's to show (README results), not this test's.
 """
 
 import hashlib
@@ -13,7 +13,7 @@ from pathlib import Path
 import subprocess
 import sys
 
-from av_td3_ros.checkpoint import inspect_checkpoint
+from av_td3_ros.formats.checkpoint import inspect_checkpoint
 import pytest
 
 SMALL = """\
@@ -38,7 +38,7 @@ def demo_run(tmp_path_factory):
     small = results / 'small.yaml'
     small.write_text(SMALL)
     run = subprocess.run(
-        [sys.executable, '-m', 'av_td3_ros.demo', '--minutes', '1.3', '--eval-episodes', '1',
+        [sys.executable, '-m', 'av_td3_ros.apps.demo', '--minutes', '1.3', '--eval-episodes', '1',
          '--demonstrations', '300', '--results', str(results), '--params-file', str(small)],
         env=dict(os.environ), capture_output=True, text=True, timeout=300)
     return run, results

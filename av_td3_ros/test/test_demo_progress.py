@@ -3,7 +3,7 @@
 import time
 
 from av_td3_interfaces.msg import TrainerStats
-from av_td3_ros.demo import Progress
+from av_td3_ros.apps.demo import Progress
 
 
 def test_progress_line_names_the_rate_limit_wait_only_when_there_is_one():

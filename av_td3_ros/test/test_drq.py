@@ -4,11 +4,11 @@ import json
 import weakref
 import zipfile
 
-from av_td3_ros.checkpoint import load_checkpoint, save_checkpoint
-from av_td3_ros.config import TD3Config
-from av_td3_ros.observation import ObservationSpec
-from av_td3_ros.replay import Batch, ReplayBuffer
-from av_td3_ros.td3 import random_shift, TD3
+from av_td3_ros.driving.observation import ObservationSpec
+from av_td3_ros.formats.checkpoint import load_checkpoint, save_checkpoint
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.learning.replay import Batch, ReplayBuffer
+from av_td3_ros.learning.td3 import random_shift, TD3
 import numpy as np
 import pytest
 import torch
@@ -240,7 +240,7 @@ def test_checkpoint_keeps_the_options_and_old_checkpoints_still_load(tmp_path):
 
 
 def test_the_actor_decays_its_exploration_noise_over_its_policy_actions():
-    from av_td3_ros.actor import ActorCore
+    from av_td3_ros.driving.actor_core import ActorCore
     core = ActorCore(train=True, exploration_noise=0.4, exploration_noise_final=0.0,
                      exploration_noise_decay_steps=4, seed=0)
     stds = []

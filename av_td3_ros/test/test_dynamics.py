@@ -2,9 +2,9 @@
 
 import math
 
-from av_td3_ros.baseline import PurePursuitController
-from av_td3_ros.observation import build_vector, ObservationSpec
-from av_td3_ros.reward import compute_reward, load_reward_weights
+from av_td3_ros.driving.classical_controller import PurePursuitController
+from av_td3_ros.driving.observation import build_vector, ObservationSpec
+from av_td3_ros.sim.reward import compute_reward, load_reward_weights
 from av_td3_ros.sim.world import Control, step_vehicle, VehicleParams, VehicleState, World
 import numpy as np
 import pytest

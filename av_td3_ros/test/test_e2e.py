@@ -11,8 +11,8 @@ import threading
 
 from av_td3_interfaces.msg import TrainerStats, Transition, VehicleControl
 from av_td3_interfaces.srv import SaveCheckpoint
-from av_td3_ros.nodes.bringup import Bringup
-from av_td3_ros.policy import Policy
+from av_td3_ros.driving.policy import Policy
+from av_td3_ros.ros.bringup import Bringup
 import numpy as np
 import pytest
 from rclpy.node import Node

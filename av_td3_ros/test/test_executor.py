@@ -2,7 +2,7 @@
 
 import threading
 
-from av_td3_ros.nodes.executor import PooledExecutor
+from av_td3_ros.ros.executor import PooledExecutor
 import pytest
 import rclpy
 from rclpy.context import Context

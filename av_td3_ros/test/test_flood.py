@@ -30,11 +30,11 @@ import threading
 import time
 
 from av_td3_interfaces.msg import TrainerStats, Transition, VehicleControl
-from av_td3_ros.checkpoint import save_checkpoint
-from av_td3_ros.config import TD3Config
-from av_td3_ros.nodes.bringup import ProcessBringup
-from av_td3_ros.td3 import TD3
-from av_td3_ros.topics import TRAINER_STATS, TRANSITIONS, VehicleTopics
+from av_td3_ros.formats.checkpoint import save_checkpoint
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.learning.td3 import TD3
+from av_td3_ros.ros.bringup import ProcessBringup
+from av_td3_ros.ros.topics import TRAINER_STATS, TRANSITIONS, VehicleTopics
 import numpy as np
 import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy

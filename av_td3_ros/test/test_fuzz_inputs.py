@@ -17,15 +17,16 @@ import struct
 import time
 import tracemalloc
 
-from av_td3_ros.actor import (
+from av_td3_ros.driving.actor_core import (
     ActorCore, BRAKE_ACTION, Pose, pose_from_odometry, review_weights, route_from_points)
-from av_td3_ros.checkpoint import CheckpointError
-from av_td3_ros.config import TD3Config
-from av_td3_ros.image_cdr import read_image, SerializedImageError
-from av_td3_ros.learner_loop import Learner, LearnerOptions
-from av_td3_ros.observation import image_to_gray, ObservationError, ObservationSpec
-from av_td3_ros.policy import Policy
-from av_td3_ros.td3 import export_policy_bytes, TD3
+from av_td3_ros.driving.observation import image_to_gray, ObservationError, ObservationSpec
+from av_td3_ros.driving.policy import Policy
+from av_td3_ros.formats.checkpoint import CheckpointError
+from av_td3_ros.formats.image_cdr import read_image, SerializedImageError
+from av_td3_ros.formats.policy_export import export_policy_bytes, export_td3_policy
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.learning.learner_loop import Learner, LearnerOptions
+from av_td3_ros.learning.td3 import TD3
 import numpy as np
 import pytest
 from rclpy.serialization import serialize_message
@@ -311,7 +312,7 @@ def test_transition_fuzz_changes_nothing():
 
 def _export(config: TD3Config = CONFIG, seed: int = 0) -> bytes:
     torch.manual_seed(seed)
-    return TD3(config).export_policy()
+    return export_td3_policy(TD3(config))
 
 
 def test_policy_weights_fuzz():

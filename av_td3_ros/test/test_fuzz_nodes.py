@@ -17,11 +17,11 @@ import time
 
 from av_td3_interfaces.msg import PolicyWeights, Transition
 from av_td3_interfaces.srv import SaveCheckpoint
-from av_td3_ros.config import TD3Config
-from av_td3_ros.nodes.trainer_node import TrainerNode
-from av_td3_ros.observation import ObservationSpec
-from av_td3_ros.policy import Policy
-from av_td3_ros.td3 import export_policy_bytes
+from av_td3_ros.driving.observation import ObservationSpec
+from av_td3_ros.driving.policy import Policy
+from av_td3_ros.formats.policy_export import export_policy_bytes
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.ros.trainer_node import TrainerNode
 import numpy as np
 import pytest
 from rclpy.serialization import serialize_message

@@ -17,9 +17,9 @@ import time
 
 from av_td3_interfaces.msg import TrainerStats, Transition
 from av_td3_interfaces.srv import SaveCheckpoint
-from av_td3_ros.nodes.bringup import ProcessBringup
-from av_td3_ros.policy import Policy
-from av_td3_ros.topics import TRAINER_STATS, TRANSITIONS
+from av_td3_ros.driving.policy import Policy
+from av_td3_ros.ros.bringup import ProcessBringup
+from av_td3_ros.ros.topics import TRAINER_STATS, TRANSITIONS
 import numpy as np
 import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy

@@ -2,9 +2,9 @@
 
 import math
 
-from av_td3_ros.observation import build_vector, ObservationSpec, Route
-from av_td3_ros.reward import TERM_NAMES
+from av_td3_ros.driving.observation import build_vector, ObservationSpec, Route
 import av_td3_ros.sim  # noqa: F401 - registers AvTd3Drive-v0
+from av_td3_ros.sim.reward import TERM_NAMES
 from av_td3_ros.sim.world import SCENARIO_NPCS
 import gymnasium as gym
 from gymnasium import spaces

@@ -2,7 +2,7 @@
 
 import array
 
-from av_td3_ros.image_cdr import read_image, TruncatedImage, UnsupportedEncapsulation
+from av_td3_ros.formats.image_cdr import read_image, TruncatedImage, UnsupportedEncapsulation
 import numpy as np
 import pytest
 from rclpy.serialization import serialize_message

@@ -1,7 +1,7 @@
 """
 SIGKILL during checkpoint writes (issue 14): a real trainer_node process, killed at random moments.
 
-Each round starts ``python -m av_td3_ros.nodes.trainer_node`` (its own process, a node name of
+Each round starts ``python -m av_td3_ros.ros.trainer_node`` (its own process, a node name of
 its own: the killed one lingers in the DDS graph until its lease ends), loads the newest
 checkpoint through ``~/load_checkpoint`` with an empty path (so the round also checks what the
 previous kill left), feeds transitions over DDS so the learner updates in realtime mode and
@@ -30,12 +30,12 @@ import time
 
 from av_td3_interfaces.msg import Transition
 from av_td3_interfaces.srv import LoadCheckpoint, SaveCheckpoint
-from av_td3_ros.checkpoint import (
+from av_td3_ros.driving.observation import ObservationSpec
+from av_td3_ros.formats.checkpoint import (
     CheckpointError, load_checkpoint, newest_checkpoint, read_checkpoint, sha256_file)
-from av_td3_ros.config import TD3Config
-from av_td3_ros.observation import ObservationSpec
-from av_td3_ros.replay import ReplayBuffer
-from av_td3_ros.td3 import TD3
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.learning.replay import ReplayBuffer
+from av_td3_ros.learning.td3 import TD3
 import numpy as np
 import pytest
 from ros_harness import episode_transitions, RosHarness, wait_for
@@ -71,7 +71,7 @@ class Trainer:
         self.log = log
         self._stream = open(log, 'wb')  # noqa: SIM115 (open for the process's lifetime)
         self.process = subprocess.Popen(
-            [sys.executable, '-m', 'av_td3_ros.nodes.trainer_node', '--ros-args',
+            [sys.executable, '-m', 'av_td3_ros.ros.trainer_node', '--ros-args',
              '--params-file', str(params_file), '-r', f'__node:={name}'],
             stdout=self._stream, stderr=subprocess.STDOUT, start_new_session=True)
 

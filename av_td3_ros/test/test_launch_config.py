@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ament_index_python.packages import get_package_prefix
-from av_td3_ros.nodes.bringup import CONFIGURATIONS, parse_set
+from av_td3_ros.ros.bringup import CONFIGURATIONS, parse_set
 import pytest
 import rclpy
 from rclpy.context import Context
@@ -268,4 +268,4 @@ def test_launch_files_set_the_dds_environment_bringup_sets(path):
     # train_carla includes drive_carla, which sets it for every process it starts
     calls = [n for n in ast.walk(ast.parse(path.read_text())) if _call_name(n) ==
              'dds_environment']
-    assert calls, f'{path.name} does not set the environment of nodes/dds.py'
+    assert calls, f'{path.name} does not set the environment of ros/dds.py'

@@ -4,9 +4,9 @@ import math
 import threading
 import time
 
-from av_td3_ros.config import TD3Config
-from av_td3_ros.learner_loop import Learner, LearnerOptions, step_checkpoint_path
-from av_td3_ros.observation import FrameStack, ObservationSpec
+from av_td3_ros.driving.observation import FrameStack, ObservationSpec
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.learning.learner_loop import Learner, LearnerOptions, step_checkpoint_path
 import numpy as np
 import pytest
 import torch

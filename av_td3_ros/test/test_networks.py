@@ -1,10 +1,10 @@
 """Networks: NatureCNN equals SB3's, the legacy CNN equals DESIGN §7, actor and twin critic."""
 
-from av_td3_ros.config import TD3Config
-from av_td3_ros.networks import (
+from av_td3_ros.driving.observation import ObservationSpec
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.learning.networks import (
     Actor, build_actor, build_cnn, build_critic, LegacyCNN, NatureCNN, prepare_image,
     TwinCritic)
-from av_td3_ros.observation import ObservationSpec
 import gymnasium as gym
 import numpy as np
 import pytest

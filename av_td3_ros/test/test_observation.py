@@ -2,7 +2,7 @@
 
 import math
 
-from av_td3_ros.observation import (
+from av_td3_ros.driving.observation import (
     action_to_control, build_vector, FrameStack, image_to_gray, ObservationError,
     ObservationSpec, Route, yaw_from_quaternion)
 import cv2

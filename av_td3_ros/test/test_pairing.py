@@ -1,7 +1,7 @@
 """Input pairing without ROS: which pose answers which frame, when, and staleness."""
 
-from av_td3_ros.actor import Pose
-from av_td3_ros.pairing import Frame, InputPairing
+from av_td3_ros.driving.actor_core import Pose
+from av_td3_ros.driving.pairing import Frame, InputPairing
 import numpy as np
 
 MS = 1_000_000

@@ -2,10 +2,11 @@
 
 import dataclasses
 
-from av_td3_ros.config import TD3Config
-from av_td3_ros.observation import ObservationSpec
-from av_td3_ros.policy import Policy
-from av_td3_ros.td3 import TD3
+from av_td3_ros.driving.observation import ObservationSpec
+from av_td3_ros.driving.policy import Policy
+from av_td3_ros.formats.policy_export import export_td3_policy
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.learning.td3 import TD3
 import numpy as np
 import pytest
 import torch
@@ -13,7 +14,7 @@ import torch
 
 def _policy(**config) -> Policy:
     torch.manual_seed(0)
-    return Policy.from_export_bytes(TD3(TD3Config(**config)).export_policy())
+    return Policy.from_export_bytes(export_td3_policy(TD3(TD3Config(**config))))
 
 
 def _observations(spec: ObservationSpec, n: int = 8):

@@ -1,9 +1,9 @@
 """The policy node's diagnostics, without ROS: level, message and values."""
 
-from av_td3_ros.actor import InsertBudget, NO_POLICY_REASON
-from av_td3_ros.policy_diagnostics import (
+from av_td3_ros.driving.actor_core import InsertBudget, NO_POLICY_REASON
+from av_td3_ros.driving.policy_diagnostics import (
     ActorStats, COUNTERS, HOLD_MESSAGE, policy_status, policy_values)
-from av_td3_ros.policy_loader import StagedPolicy
+from av_td3_ros.driving.policy_loader import StagedPolicy
 
 
 def test_levels_and_messages():
@@ -44,25 +44,3 @@ def test_values_count_and_time_what_happened():
                           policy_info=None, load_error='bad file', policy_version=0,
                           budget=InsertBudget())
     assert empty['checkpoint'] == 'bad file' and empty['inference_ms_p50'] == 'nan'
-
-
-def test_the_diagnostics_message_carries_status_and_values():
-    from av_td3_ros.actor import ActorCore
-    from av_td3_ros.pairing import InputPairing
-    from av_td3_ros.policy_diagnostics import diagnostics_message
-    from av_td3_ros.responder import Responder
-    from builtin_interfaces.msg import Time
-    from diagnostic_msgs.msg import DiagnosticStatus
-
-    core = ActorCore()
-    run = Responder(core, InputPairing(), 0.5, None, None, None, None)
-    run.brake_reason = 'no camera image received yet'
-    msg = diagnostics_message(run, core, 'native', '/car1/av_td3_policy', 'car1-host', 10.0,
-                              Time(sec=5, nanosec=7))
-    (status,) = msg.status
-    assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (5, 7)
-    assert status.name == '/car1/av_td3_policy: policy' and status.hardware_id == 'car1-host'
-    assert status.level == DiagnosticStatus.ERROR
-    assert status.message.startswith('full brake: no camera image received yet')
-    values = {kv.key: kv.value for kv in status.values}
-    assert values['mode'] == 'deploy' and values['control_output'] == 'native'

@@ -3,10 +3,11 @@
 import hashlib
 import threading
 
-from av_td3_ros.checkpoint import CheckpointError
-from av_td3_ros.config import TD3Config
-from av_td3_ros.policy_loader import build_policy, PolicyLoader
-from av_td3_ros.td3 import TD3
+from av_td3_ros.driving.policy_loader import build_policy, PolicyLoader
+from av_td3_ros.formats.checkpoint import CheckpointError
+from av_td3_ros.formats.policy_export import export_td3_policy
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.learning.td3 import TD3
 import pytest
 import torch
 
@@ -21,7 +22,7 @@ def files(tmp_path_factory):
     torch.manual_seed(3)
     td3 = TD3(TD3Config())
     td3.total_it = 42
-    data = td3.export_policy()
+    data = export_td3_policy(td3)
     (root / 'ckpt' / 'p.safetensors').write_bytes(data)
     (root / 'other' / 'p.safetensors').write_bytes(data)
     return root, data

@@ -3,8 +3,8 @@
 import importlib.util
 
 from av_td3_interfaces.msg import VehicleControl
-from av_td3_ros.actor import BRAKE_ACTION, TransitionData, TWIST_FULL_THROTTLE
-from av_td3_ros.policy_messages import (
+from av_td3_ros.driving.actor_core import BRAKE_ACTION, TransitionData, TWIST_FULL_THROTTLE
+from av_td3_ros.ros.policy_messages import (
     control_builder, ns_to_stamp, stamp_to_ns, transition_message)
 from geometry_msgs.msg import Twist
 import numpy as np
@@ -74,8 +74,8 @@ def test_transition_message_carries_every_field():
 def test_odometry_path_and_camera_messages_become_plain_values():
     from array import array
 
-    from av_td3_ros.observation import ObservationError
-    from av_td3_ros.policy_messages import camera_frame, odometry_pose, path_route
+    from av_td3_ros.driving.observation import ObservationError
+    from av_td3_ros.ros.policy_messages import camera_frame, odometry_pose, path_route
     from geometry_msgs.msg import PoseStamped
     from nav_msgs.msg import Odometry, Path
     from rclpy.serialization import serialize_message
@@ -100,3 +100,25 @@ def test_odometry_path_and_camera_messages_become_plain_values():
     frame = camera_frame(serialize_message(image))
     assert (frame.stamp_ns, frame.width, frame.encoding) == (2_000_000_005, 3, 'mono8')
     assert frame.data.tolist() == list(range(6))
+
+
+def test_the_diagnostics_message_carries_status_and_values():
+    from av_td3_ros.driving.actor_core import ActorCore
+    from av_td3_ros.driving.pairing import InputPairing
+    from av_td3_ros.driving.responder import Responder
+    from av_td3_ros.ros.policy_messages import diagnostics_message
+    from builtin_interfaces.msg import Time
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    core = ActorCore()
+    run = Responder(core, InputPairing(), 0.5, None, None, None, None)
+    run.brake_reason = 'no camera image received yet'
+    msg = diagnostics_message(run, core, 'native', '/car1/av_td3_policy', 'car1-host', 10.0,
+                              Time(sec=5, nanosec=7))
+    (status,) = msg.status
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (5, 7)
+    assert status.name == '/car1/av_td3_policy: policy' and status.hardware_id == 'car1-host'
+    assert status.level == DiagnosticStatus.ERROR
+    assert status.message.startswith('full brake: no camera image received yet')
+    values = {kv.key: kv.value for kv in status.values}
+    assert values['mode'] == 'deploy' and values['control_output'] == 'native'

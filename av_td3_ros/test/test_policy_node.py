@@ -16,14 +16,15 @@ import types
 from av_td3_interfaces.msg import (
     PolicyWeights, StepFeedback, TrainerStats, Transition, VehicleControl)
 from av_td3_interfaces.srv import LoadCheckpoint
-from av_td3_ros import policy_loader
-from av_td3_ros.checkpoint import save_checkpoint
-from av_td3_ros.config import TD3Config
-from av_td3_ros.nodes.policy_node import PolicyNode
-from av_td3_ros.observation import (
+from av_td3_ros.driving import policy_loader
+from av_td3_ros.driving.observation import (
     action_to_control, build_vector, image_to_gray, ObservationSpec, Route)
-from av_td3_ros.policy import Policy
-from av_td3_ros.td3 import TD3
+from av_td3_ros.driving.policy import Policy
+from av_td3_ros.formats.checkpoint import save_checkpoint
+from av_td3_ros.formats.policy_export import export_td3_policy
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.learning.td3 import TD3
+from av_td3_ros.ros.policy_node import PolicyNode
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, Twist
@@ -103,7 +104,7 @@ def checkpoints(tmp_path_factory):
     (paths['checkpoints'] / 'bad').mkdir()
     ckpt = paths['checkpoints']
     legacy_act = write_legacy_checkpoint(ckpt / 'legacy.pth')
-    (ckpt / 'b.safetensors').write_bytes(learner(22, (-0.4, 0.5), 567).export_policy())
+    (ckpt / 'b.safetensors').write_bytes(export_td3_policy(learner(22, (-0.4, 0.5), 567)))
     time.sleep(0.01)                       # a.pth is the newest .pth of the directory
     save_checkpoint(ckpt / 'a.pth', learner(11, (0.3, 0.2), 1234))
     shutil.copy(ckpt / 'a.pth', paths['extra'] / 'a_copy.pth')

@@ -1,6 +1,6 @@
 """The policy node's parameter table and its validation, without ROS."""
 
-from av_td3_ros.policy_settings import (
+from av_td3_ros.ros.policy_settings import (
     camera_qos_advice, descriptor, PARAMETERS, read_settings, STRING_ARRAY)
 import pytest
 

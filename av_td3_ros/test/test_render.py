@@ -2,7 +2,7 @@
 
 import math
 
-from av_td3_ros.observation import image_to_gray
+from av_td3_ros.driving.observation import image_to_gray
 from av_td3_ros.sim.render import CameraConfig
 from av_td3_ros.sim.world import VehicleState, World
 import numpy as np

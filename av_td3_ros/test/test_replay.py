@@ -1,7 +1,8 @@
 """Replay buffer: exact stacks across boundaries/gaps/streams, memory, sampling, save/load."""
 
-from av_td3_ros.observation import FrameStack, ObservationSpec
-from av_td3_ros.replay import ReplayBuffer, SamplesPerInsertLimiter
+from av_td3_ros.driving.observation import FrameStack, ObservationSpec
+from av_td3_ros.learning.rate_limiter import SamplesPerInsertLimiter
+from av_td3_ros.learning.replay import ReplayBuffer
 import numpy as np
 import pytest
 import torch

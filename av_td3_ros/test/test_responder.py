@@ -1,9 +1,9 @@
 """The policy node's per-frame decisions without ROS: publish or hold, release, watchdog."""
 
-from av_td3_ros.actor import ActorCore, Pose, route_from_points
-from av_td3_ros.pairing import Frame, InputPairing
-from av_td3_ros.policy_loader import StagedPolicy
-from av_td3_ros.responder import Responder
+from av_td3_ros.driving.actor_core import ActorCore, Pose, route_from_points
+from av_td3_ros.driving.pairing import Frame, InputPairing
+from av_td3_ros.driving.policy_loader import StagedPolicy
+from av_td3_ros.driving.responder import Responder
 import numpy as np
 
 MS = 1_000_000
@@ -97,11 +97,12 @@ def test_the_watchdog_answers_a_late_frame_then_brakes_on_stale_input():
 def test_the_initial_checkpoint_loads_or_says_why_the_vehicle_is_held(tmp_path):
     import torch
 
-    from av_td3_ros.config import TD3Config
-    from av_td3_ros.td3 import TD3
+    from av_td3_ros.formats.policy_export import export_td3_policy
+    from av_td3_ros.learning.config import TD3Config
+    from av_td3_ros.learning.td3 import TD3
     torch.manual_seed(0)
     good = tmp_path / 'p.safetensors'
-    good.write_bytes(TD3(TD3Config()).export_policy())
+    good.write_bytes(export_td3_policy(TD3(TD3Config())))
     run, _, _, log = responder()
     log.error = lambda text, **_: log.lines.append(('error', text))
     run.load_initial(str(tmp_path / 'missing.pth'), 'cpu')

@@ -10,10 +10,10 @@ from pathlib import Path
 import subprocess
 import sys
 
-from av_td3_ros.checkpoint import load_checkpoint, save_checkpoint
-from av_td3_ros.config import TD3Config
-from av_td3_ros.replay import ReplayBuffer
-from av_td3_ros.td3 import TD3
+from av_td3_ros.formats.checkpoint import load_checkpoint, save_checkpoint
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.learning.replay import ReplayBuffer
+from av_td3_ros.learning.td3 import TD3
 import numpy as np
 import pytest
 import torch

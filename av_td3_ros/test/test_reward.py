@@ -3,7 +3,7 @@
 import dataclasses
 import math
 
-from av_td3_ros.reward import (
+from av_td3_ros.sim.reward import (
     compute_reward, default_reward_config_path, jerk_magnitude, load_reward_weights,
     RewardWeights, StepMeasurements, TERM_NAMES)
 import pytest

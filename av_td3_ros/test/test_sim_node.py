@@ -7,11 +7,11 @@ import threading
 import time
 
 from av_td3_interfaces.msg import StepFeedback, VehicleControl
-from av_td3_ros.nodes.executor import PooledExecutor
-from av_td3_ros.nodes.sim_node import PARAMETERS, SimNode
-from av_td3_ros.reward import TERM_NAMES
-from av_td3_ros.tools.baseline import BaselineNode
-from av_td3_ros.topics import VehicleTopics
+from av_td3_ros.apps.baseline import BaselineNode
+from av_td3_ros.ros.executor import PooledExecutor
+from av_td3_ros.ros.sim_node import PARAMETERS, SimNode
+from av_td3_ros.ros.topics import VehicleTopics
+from av_td3_ros.sim.reward import TERM_NAMES
 from builtin_interfaces.msg import Time
 from nav_msgs.msg import Odometry, Path
 import pytest

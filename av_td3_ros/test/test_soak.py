@@ -18,7 +18,7 @@ from pathlib import Path
 import statistics
 import time
 
-from av_td3_ros.nodes.bringup import ProcessBringup
+from av_td3_ros.ros.bringup import ProcessBringup
 import pytest
 from ros_harness import RosHarness, wait_for
 from test_graph_processes import fast_graph, Watcher

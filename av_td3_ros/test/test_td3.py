@@ -1,9 +1,9 @@
 """TD3 learner: gradient routing between the two CNNs, targets, noise, clipping, TD3+BC."""
 
-from av_td3_ros.config import TD3Config
-from av_td3_ros.observation import ObservationSpec
-from av_td3_ros.replay import Batch, ReplayBuffer
-from av_td3_ros.td3 import native_bf16, resolve_bf16, TD3
+from av_td3_ros.driving.observation import ObservationSpec
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.learning.replay import Batch, ReplayBuffer
+from av_td3_ros.learning.td3 import native_bf16, resolve_bf16, TD3
 import numpy as np
 import pytest
 import torch

@@ -16,12 +16,13 @@ import threading
 
 from av_td3_interfaces.msg import PolicyWeights, TrainerStats, Transition
 from av_td3_interfaces.srv import LoadCheckpoint, SaveCheckpoint
-from av_td3_ros.checkpoint import save_checkpoint, sha256_file
-from av_td3_ros.config import TD3Config
-from av_td3_ros.nodes.trainer_node import TrainerNode, WEIGHTS_QOS
-from av_td3_ros.observation import ObservationSpec
-from av_td3_ros.policy import Policy
-from av_td3_ros.td3 import TD3
+from av_td3_ros.driving.observation import ObservationSpec
+from av_td3_ros.driving.policy import Policy
+from av_td3_ros.formats.checkpoint import save_checkpoint, sha256_file
+from av_td3_ros.formats.policy_export import export_td3_policy
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.learning.td3 import TD3
+from av_td3_ros.ros.trainer_node import TrainerNode, WEIGHTS_QOS
 import numpy as np
 import pytest
 from ros_harness import episode_transitions, overrides, RosHarness, wait_for
@@ -231,7 +232,7 @@ def _make_refused_files(graph) -> dict[str, tuple[str, str]]:
     (ckpt / 'evil_pickle.pth').write_bytes(pickle.dumps(Evil(marker)))
     other = TD3(TD3Config.from_dict({**SMALL, 'features_dim': 24}))
     save_checkpoint(ckpt / 'incompatible.pth', other)
-    (ckpt / 'policy_export.safetensors').write_bytes(node.learner.td3.export_policy())
+    (ckpt / 'policy_export.safetensors').write_bytes(export_td3_policy(node.learner.td3))
     return {   # case: (requested path, what the refusal must say)
         'absolute path outside': (str(outside_file), 'outside'),
         'dot-dot escape': ('../outside/valid.pth', 'outside'),

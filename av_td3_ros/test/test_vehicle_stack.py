@@ -10,7 +10,7 @@ against what ``Policy.act`` computes offline on the frame stack and pose pairing
 have used: the stack restarts only at the first frame of a run (its stamps jump by more than
 ``input_timeout`` from the previous run), each pose is the one of the nearest stamp.
 
-The policy nodes are started once for the module (``python -m av_td3_ros.nodes.policy_node``,
+The policy nodes are started once for the module (``python -m av_td3_ros.ros.policy_node``,
 one process each, all at once); each test uses its vehicle's node with fresh stamps.
 """
 
@@ -29,12 +29,13 @@ import threading
 import time
 
 from av_td3_interfaces.msg import VehicleControl
-from av_td3_ros.config import TD3Config
-from av_td3_ros.observation import (
+from av_td3_ros.driving.observation import (
     action_to_control, build_vector, FrameStack, image_to_gray, Route)
-from av_td3_ros.policy import Policy
-from av_td3_ros.td3 import TD3
-from av_td3_ros.topics import VehicleTopics
+from av_td3_ros.driving.policy import Policy
+from av_td3_ros.formats.policy_export import export_td3_policy
+from av_td3_ros.learning.config import TD3Config
+from av_td3_ros.learning.td3 import TD3
+from av_td3_ros.ros.topics import VehicleTopics
 from geometry_msgs.msg import PoseStamped
 from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
@@ -73,7 +74,7 @@ def policy_file(tmp_path_factory) -> pathlib.Path:
     with torch.no_grad():
         td3.actor.fc3.weight.mul_(10.0)     # a fresh head is near zero: make differences show
     path = tmp_path_factory.mktemp('vehicle_stack') / 'policy.safetensors'
-    path.write_bytes(td3.export_policy())
+    path.write_bytes(export_td3_policy(td3))
     return path
 
 
@@ -110,7 +111,7 @@ class NodeProcess:
         return f'{self.namespace.rstrip("/")}/av_td3_policy'
 
     def start(self) -> None:
-        args = [sys.executable, '-m', 'av_td3_ros.nodes.policy_node', '--ros-args',
+        args = [sys.executable, '-m', 'av_td3_ros.ros.policy_node', '--ros-args',
                 '-r', f'__ns:={self.namespace}']
         for key, value in self.params.items():
             args += ['-p', f'{key}:={value}']

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from av_td3_ros.observation import action_to_control, build_vector, FrameStack, ObservationSpec
-from av_td3_ros.reward import compute_reward, load_reward_weights, RewardResult, RewardWeights
+from av_td3_ros.driving.observation import (
+    action_to_control, build_vector, FrameStack, ObservationSpec)
 from av_td3_ros.sim.render import CameraConfig
+from av_td3_ros.sim.reward import compute_reward, load_reward_weights, RewardResult, RewardWeights
 from av_td3_ros.sim.world import Control, SCENARIO_NPCS, World
 import gymnasium as gym
 from gymnasium import spaces

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 import math
 
-from av_td3_ros.observation import Route, RouteState, wrap_angle
-from av_td3_ros.reward import jerk_magnitude, StepMeasurements
+from av_td3_ros.driving.observation import Route, RouteState, wrap_angle
 from av_td3_ros.sim.render import CameraConfig, Renderer
+from av_td3_ros.sim.reward import jerk_magnitude, StepMeasurements
 from av_td3_ros.sim.road import lane_offset, RoadConfig, RoadNetwork
 import numpy as np
 

@@ -1,1 +1,0 @@
-"""ROS 2 nodes: thin glue over the rclpy-free core."""
