@@ -4,9 +4,11 @@ Policy latency over DDS: 800x600 bgra8 image published -> vehicle control receiv
 The policy node runs as its own process (``python -m av_td3_ros.ros.policy_node``, deploy mode,
 a freshly initialised policy export as its checkpoint); this process plays the vehicle: it
 latches a route, publishes odometry + camera at 20 Hz with the same stamp, and times each control
-by the image stamp it echoes. Both processes use the project's Fast DDS profile
-(config/fastdds.xml: shared memory with a segment large enough for camera images; with the
-LARGE_DATA builtin transport alone, odometry beside the images stalls for up to 0.5 s).
+by the image stamp it echoes. It runs twice: a reliable camera (the node's default QoS), and a
+best-effort one (sensor-data QoS, as CARLA's ROS 2 camera and most camera drivers publish) with
+the node's matching ``image_qos_reliability:=best_effort``. Both processes use the project's Fast
+DDS profile (config/fastdds.xml: shared memory with a segment large enough for camera images;
+with the LARGE_DATA builtin transport alone, odometry beside the images stalls for up to 0.5 s).
 """
 
 import array
@@ -52,7 +54,7 @@ def _write_policy(directory: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def _measure(frames: int) -> list[float]:
+def _measure(frames: int, reliable: bool = True) -> list[float]:
     """Publish camera + odometry, return image-publish -> control-received latencies (s)."""
     from av_td3_interfaces.msg import VehicleControl
     from av_td3_ros.ros.allocator import keep_large_buffers
@@ -60,7 +62,7 @@ def _measure(frames: int) -> list[float]:
     from nav_msgs.msg import Odometry, Path
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
     keep_large_buffers()          # as the embedded simulator's node does
@@ -79,8 +81,10 @@ def _measure(frames: int) -> list[float]:
 
     node.create_subscription(VehicleControl, '/carla/ego_vehicle/vehicle_control_cmd',
                              on_control, 10)
-    image_pub = node.create_publisher(Image, '/carla/ego_vehicle/rgb_front/image',
-                                      QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+    image_pub = node.create_publisher(
+        Image, '/carla/ego_vehicle/rgb_front/image',
+        QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE) if reliable
+        else qos_profile_sensor_data)
     odom_pub = node.create_publisher(Odometry, '/carla/ego_vehicle/odometry', 10)
     route_pub = node.create_publisher(
         Path, '/carla/ego_vehicle/waypoints',
@@ -140,10 +144,11 @@ def _measure(frames: int) -> list[float]:
     return latencies[WARMUP_FRAMES:]
 
 
-def run() -> dict:
-    """Start the policy node in its own process and measure image -> control latency."""
+def _run_once(reliable: bool) -> np.ndarray:
+    """Start the policy node in its own process; image -> control latencies in ms."""
     env = _environment()
     os.environ.update(env)
+    reliability = 'reliable' if reliable else 'best_effort'
     with tempfile.TemporaryDirectory(prefix='bench_policy_') as tmp:
         policy_path = _write_policy(pathlib.Path(tmp))
         log_path = pathlib.Path(tmp) / 'policy_node.log'
@@ -151,10 +156,10 @@ def run() -> dict:
             node = subprocess.Popen(
                 [sys.executable, '-m', 'av_td3_ros.ros.policy_node', '--ros-args',
                  '-p', 'mode:=deploy', '-p', f'checkpoint_path:={policy_path}',
-                 '-p', 'num_threads:=1'],
+                 '-p', 'num_threads:=1', '-p', f'image_qos_reliability:={reliability}'],
                 env=env, stdout=log, stderr=subprocess.STDOUT)
             try:
-                latencies = np.array(_measure(FRAMES)) * 1e3
+                latencies = np.array(_measure(FRAMES, reliable)) * 1e3
             except Exception:
                 print(log_path.read_text()[-3000:], file=sys.stderr)
                 raise
@@ -165,9 +170,25 @@ def run() -> dict:
                 except subprocess.TimeoutExpired:
                     node.kill()
                     node.wait()
-    return {'policy_latency_ms_p50': round(float(np.percentile(latencies, 50)), 3),
-            'policy_latency_ms_p99': round(float(np.percentile(latencies, 99)), 3),
-            'policy_latency_frames': int(latencies.size)}
+    return latencies
+
+
+def run() -> dict:
+    """Image -> control latency with a reliable and with a best-effort camera."""
+    figures = {}
+    for key, reliable in (('policy_latency', True), ('policy_latency_best_effort', False)):
+        latencies = _run_once(reliable)
+        figures[f'{key}_ms_p50'] = round(float(np.percentile(latencies, 50)), 3)
+        figures[f'{key}_ms_p99'] = round(float(np.percentile(latencies, 99)), 3)
+        figures[f'{key}_frames'] = int(latencies.size)
+    # the node inherits this environment: ONEDNN_MAX_CPU_ISA / ATEN_CPU_CAPABILITY emulate a
+    # smaller CPU (e.g. AVX2 without native bf16 on an AVX-512 one)
+    from av_td3_ros.learning.td3 import cpu_kernel_limits
+    from bench_trainer import cpu_flags
+    capability, onednn_isa = cpu_kernel_limits()
+    figures.update(policy_latency_cpu_flags=cpu_flags(), policy_latency_cpu_capability=capability,
+                   policy_latency_onednn_max_isa=onednn_isa)
+    return figures
 
 
 if __name__ == '__main__':

@@ -69,3 +69,56 @@ def test_transition_message_carries_every_field():
     np.testing.assert_array_equal(np.asarray(msg.obs_vector, np.float32), t.obs_vector)
     np.testing.assert_array_equal(np.asarray(msg.action, np.float32), t.action)
     assert msg.reward == 1.5 and not msg.terminated and msg.truncated
+
+
+def test_odometry_path_and_camera_messages_become_plain_values():
+    from array import array
+
+    from av_td3_ros.driving.observation import ObservationError
+    from av_td3_ros.ros.policy_messages import camera_frame, odometry_pose, path_route
+    from geometry_msgs.msg import PoseStamped
+    from nav_msgs.msg import Odometry, Path
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import Image
+
+    odometry = Odometry()
+    odometry.pose.pose.position.x, odometry.pose.pose.orientation.w = 3.0, 1.0
+    odometry.twist.twist.linear.x = 4.0
+    pose = odometry_pose(odometry)
+    assert (pose.x, pose.y, pose.yaw, pose.speed) == (3.0, 0.0, 0.0, 4.0)
+    odometry.pose.pose.position.x = float('nan')
+    with pytest.raises(ObservationError):
+        odometry_pose(odometry)
+    path = Path(poses=[PoseStamped() for _ in range(3)])
+    for i, pose_stamped in enumerate(path.poses):
+        pose_stamped.pose.position.x = 2.0 * i
+    assert len(path_route(path)) == 3 and path_route(path).length_m == 4.0
+    with pytest.raises(ObservationError):
+        path_route(Path(poses=path.poses[:1]))
+    image = Image(height=2, width=3, encoding='mono8', step=3, data=array('B', range(6)))
+    image.header.stamp.sec, image.header.stamp.nanosec = 2, 5
+    frame = camera_frame(serialize_message(image))
+    assert (frame.stamp_ns, frame.width, frame.encoding) == (2_000_000_005, 3, 'mono8')
+    assert frame.data.tolist() == list(range(6))
+
+
+def test_the_diagnostics_message_carries_status_and_values():
+    from av_td3_ros.driving.actor_core import ActorCore
+    from av_td3_ros.driving.pairing import InputPairing
+    from av_td3_ros.driving.responder import Responder
+    from av_td3_ros.ros.policy_messages import diagnostics_message
+    from builtin_interfaces.msg import Time
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    core = ActorCore()
+    run = Responder(core, InputPairing(), 0.5, None, None, None, None)
+    run.brake_reason = 'no camera image received yet'
+    msg = diagnostics_message(run, core, 'native', '/car1/av_td3_policy', 'car1-host', 10.0,
+                              Time(sec=5, nanosec=7))
+    (status,) = msg.status
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (5, 7)
+    assert status.name == '/car1/av_td3_policy: policy' and status.hardware_id == 'car1-host'
+    assert status.level == DiagnosticStatus.ERROR
+    assert status.message.startswith('full brake: no camera image received yet')
+    values = {kv.key: kv.value for kv in status.values}
+    assert values['mode'] == 'deploy' and values['control_output'] == 'native'

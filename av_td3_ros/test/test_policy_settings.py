@@ -1,7 +1,7 @@
 """The policy node's parameter table and its validation, without ROS."""
 
 from av_td3_ros.ros.policy_settings import (
-    descriptor, PARAMETERS, read_settings, STRING_ARRAY)
+    camera_qos_advice, descriptor, PARAMETERS, read_settings, STRING_ARRAY)
 import pytest
 
 
@@ -52,3 +52,14 @@ def test_descriptors_carry_the_limits():
     depth = descriptor('image_qos_depth').integer_range[0]
     assert (depth.from_value, depth.to_value) == (1, 100)
     assert 'lifecycle manager' in descriptor('autostart').description
+
+
+def test_camera_qos_advice_names_the_parameter_to_set():
+    advice = camera_qos_advice('/carla/ego_vehicle/rgb_front/image', 'RELIABILITY', True)
+    assert '/carla/ego_vehicle/rgb_front/image' in advice
+    assert 'set image_qos_reliability:=best_effort' in advice
+    assert advice == camera_qos_advice('/carla/ego_vehicle/rgb_front/image',
+                                       'rmw_qos_policy_reliability', True)   # rclpy's name
+    other = camera_qos_advice('/cam', 'DURABILITY', True)
+    assert 'durability' in other and 'image_qos_reliability' in other
+    assert ':=best_effort' not in other

@@ -92,3 +92,22 @@ def test_the_watchdog_answers_a_late_frame_then_brakes_on_stale_input():
     assert any('sync_timeout' in text for _, text in log.lines)
     run.on_tick(1.8, 88)                                        # nothing for 0.8 s > 0.5 s
     assert sent[-1] == (88, (0.0, -1.0)) and run.stats.counts['watchdog_brakes'] == 1
+
+
+def test_the_initial_checkpoint_loads_or_says_why_the_vehicle_is_held(tmp_path):
+    import torch
+
+    from av_td3_ros.formats.policy_export import export_td3_policy
+    from av_td3_ros.learning.config import TD3Config
+    from av_td3_ros.learning.td3 import TD3
+    torch.manual_seed(0)
+    good = tmp_path / 'p.safetensors'
+    good.write_bytes(export_td3_policy(TD3(TD3Config())))
+    run, _, _, log = responder()
+    log.error = lambda text, **_: log.lines.append(('error', text))
+    run.load_initial(str(tmp_path / 'missing.pth'), 'cpu')
+    assert 'missing.pth failed to load' in run.load_error
+    assert log.lines[-1][0] == 'error' and run.core.policy is None
+    run.load_initial(str(good), 'cpu')
+    assert run.load_error == '' and run.core.policy is not None
+    assert run.policy_info.source == str(good) and log.lines[-1][0] == 'info'

@@ -496,6 +496,23 @@ def test_a_best_effort_camera_with_the_matching_image_qos(ros, nodes, policy):
     check_run(stack, policy, run, min_answered=0.7)
 
 
+def test_a_best_effort_camera_on_a_reliable_subscription_is_named_once(ros, nodes, ego):
+    """The node's default (reliable) camera QoS and a sensor-data camera: one clear warning."""
+    advice = 'set image_qos_reliability:=best_effort'
+    before = nodes['ego'].output().count(advice)
+    camera = ros.add(Node('best_effort_camera', context=ros.context))
+    try:
+        camera.create_publisher(Image, ego.topics.image, qos_profile_sensor_data)
+        wait_for(lambda: nodes['ego'].output().count(advice) > before, 30.0,
+                 'the incompatible-QoS warning')
+        time.sleep(1.0)        # discovery goes on: it must not repeat for the same publisher
+        lines = [line for line in nodes['ego'].output().splitlines() if advice in line]
+    finally:
+        ros.remove(camera)
+    assert len(lines) == before + 1
+    assert 'WARN' in lines[-1] and ego.topics.image in lines[-1] and 'reliability' in lines[-1]
+
+
 def test_two_namespaced_vehicles_in_one_graph_do_not_cross_talk(ros, nodes, policy):
     car1 = StandInStack(ros, 'car1', seed=11)
     car2 = StandInStack(ros, 'car2', seed=12, origin=50.0)     # other frames, another place

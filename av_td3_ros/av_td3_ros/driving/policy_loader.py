@@ -45,6 +45,7 @@ class StagedPolicy:
 def build_policy(path, device: str) -> StagedPolicy:
     """Load a checkpoint or policy export file and describe it (the worker's slow part)."""
     policy = Policy.load(path, device=device)
+    policy.prepare()           # the fast graph and the warm-up, here and not on a frame
     return StagedPolicy(policy, policy.version, str(path), policy.version, policy.sha256)
 
 
@@ -122,6 +123,7 @@ class PolicyLoader:
         if not accept:
             return why, None
         policy = Policy.from_export_bytes(bytes(data), device=generation.device)
+        policy.prepare()
         return why, StagedPolicy(policy, int(version), f'{source} ({why})', int(total_it),
                                  sha256.lower())
 

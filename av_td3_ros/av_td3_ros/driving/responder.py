@@ -19,7 +19,7 @@ from av_td3_ros.driving.actor_core import (
     TransitionData)
 from av_td3_ros.driving.pairing import Answer, InputPairing
 from av_td3_ros.driving.policy_diagnostics import ActorStats
-from av_td3_ros.driving.policy_loader import StagedPolicy
+from av_td3_ros.driving.policy_loader import build_policy, StagedPolicy
 
 LATE_ODOMETRY = ('no odometry with the camera stamp arrived within sync_timeout; pairing with '
                  'the nearest (set odometry_sync:=latest if the clocks differ)')
@@ -53,6 +53,24 @@ class Responder:
             self.core.set_policy(staged.policy, staged.version)
             self.policy_info = staged
             self.load_error = ''
+
+    def load_initial(self, path: str, device: str) -> None:
+        """
+        Load checkpoint_path (trusted configuration, unlike service requests), logging how.
+
+        A failure does not fail the configuration: the node goes active and holds the vehicle
+        with full brake, saying why (``load_error``), which is safer than leaving the vehicle
+        uncommanded.
+        """
+        try:
+            staged = build_policy(path, device)
+        except Exception as exc:  # any failure: report it, keep holding
+            self.load_error = f'checkpoint_path {path} failed to load: {exc}'
+            self._logger.error(self.load_error)
+            return
+        self.use_policy(staged)
+        self._logger.info(f'loaded {staged.source} (total_it {staged.total_it}, '
+                          f'sha256 {staged.sha256[:12]})')
 
     def publish_transitions(self, transitions: list[TransitionData]) -> None:
         for transition in transitions:

@@ -18,31 +18,31 @@ import time
 
 from av_td3_interfaces.msg import PolicyWeights, StepFeedback, TrainerStats, Transition
 from av_td3_interfaces.srv import LoadCheckpoint
-from av_td3_ros.driving.actor_core import (
-    ActorCore, BRAKE_ACTION, Feedback, pose_from_odometry, route_from_points)
+from av_td3_ros.driving.actor_core import ActorCore, BRAKE_ACTION, Feedback
 from av_td3_ros.driving.observation import ObservationError
 from av_td3_ros.driving.pairing import Frame, InputPairing
-from av_td3_ros.driving.policy_diagnostics import policy_status, policy_values
-from av_td3_ros.driving.policy_loader import build_policy, PolicyLoader
+from av_td3_ros.driving.policy_loader import PolicyLoader
 from av_td3_ros.driving.responder import Responder
-from av_td3_ros.formats.image_cdr import (
-    RawImage, read_image, SerializedImageError, UnsupportedEncapsulation)
+from av_td3_ros.formats.image_cdr import SerializedImageError
 from av_td3_ros.ros.allocator import keep_large_buffers
 from av_td3_ros.ros.executor import spin_until_shutdown
-from av_td3_ros.ros.policy_messages import control_builder, stamp_to_ns, transition_message
+from av_td3_ros.ros.policy_messages import (
+    camera_frame, control_builder, diagnostics_message, odometry_pose, path_route, stamp_to_ns,
+    transition_message)
 from av_td3_ros.ros.policy_settings import (
-    descriptor, PARAMETERS, read_settings, Settings, STRING_ARRAY)
+    actor_core, camera_qos_advice, descriptor, PARAMETERS, read_settings, Settings,
+    STRING_ARRAY)
 from av_td3_ros.ros.topics import DIAGNOSTICS, POLICY_WEIGHTS, TRANSITIONS
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import Odometry, Path
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.serialization import deserialize_message
 from rclpy.task import Future
 from sensor_msgs.msg import Image
 import torch
@@ -50,17 +50,6 @@ import torch
 NODE_NAME = 'av_td3_policy'
 WATCHDOG_PERIOD_S = 0.05
 LOG_THROTTLE_S = 2.0
-
-
-def _decode_image(serialized: bytes) -> RawImage:
-    """Read a camera frame's bytes; rclpy decodes the (rare) encapsulations ours does not."""
-    try:
-        return read_image(serialized)
-    except UnsupportedEncapsulation as unsupported:
-        try:
-            return RawImage.from_message(deserialize_message(serialized, Image))
-        except Exception as exc:  # whatever rclpy's decoder raises on bad bytes
-            raise SerializedImageError(f'{unsupported}: {exc}') from exc
 
 
 def _settle(future: Future, job) -> None:
@@ -141,14 +130,7 @@ class PolicyNode(LifecycleNode):
         if settings.num_threads > 0:
             torch.set_num_threads(settings.num_threads)
         self._settings = settings
-        self._core = ActorCore(train=settings.train,
-                               exploration_noise=settings.exploration_noise,
-                               exploration_noise_final=settings.exploration_noise_final,
-                               exploration_noise_decay_steps=(
-                                   settings.exploration_noise_decay_steps),
-                               exploration_noise_beta=settings.exploration_noise_beta,
-                               seed=settings.seed,
-                               stamp_gap_reset_ns=int(settings.input_timeout * 1e9))
+        self._core = actor_core(settings)
         self._run = Responder(
             self._core, InputPairing(settings.odometry_by_stamp, settings.sync_timeout),
             settings.input_timeout, self._build_control,
@@ -157,7 +139,9 @@ class PolicyNode(LifecycleNode):
         generation = self._loader.begin(settings.checkpoint_dir, settings.allowed_dirs,
                                         settings.device)
         if settings.checkpoint_path:
-            self._load_initial_checkpoint(generation, settings.checkpoint_path)
+            self._run.load_initial(
+                self._loader.initial_path(generation, settings.checkpoint_path),
+                generation.device)
         try:
             self._create_entities(settings, control_type)
         except Exception as exc:  # e.g. an invalid topic name: say so, stay unconfigured
@@ -170,24 +154,6 @@ class PolicyNode(LifecycleNode):
             f'({"reliable" if settings.image_reliable else "best effort"}, depth '
             f'{settings.image_depth})')
         return TransitionCallbackReturn.SUCCESS
-
-    def _load_initial_checkpoint(self, generation, checkpoint_path: str) -> None:
-        """
-        Load checkpoint_path (trusted configuration, unlike service requests).
-
-        A failure does not fail the configuration: the node goes active and holds the vehicle
-        with full brake, saying why, which is safer than leaving the vehicle uncommanded.
-        """
-        path = self._loader.initial_path(generation, checkpoint_path)
-        try:
-            staged = build_policy(path, generation.device)
-        except Exception as exc:  # any failure: report it, keep holding
-            self._run.load_error = f'checkpoint_path {path} failed to load: {exc}'
-            self.get_logger().error(self._run.load_error)
-            return
-        self._run.use_policy(staged)
-        self.get_logger().info(f'loaded {staged.source} (total_it {staged.total_it}, '
-                               f'sha256 {staged.sha256[:12]})')
 
     def _create_entities(self, settings: Settings, control_type) -> None:
         """Create publishers, subscriptions and timers (kept for the cleanup)."""
@@ -217,7 +183,8 @@ class PolicyNode(LifecycleNode):
                 history=HistoryPolicy.KEEP_LAST, depth=settings.image_depth,
                 reliability=(ReliabilityPolicy.RELIABLE if settings.image_reliable
                              else ReliabilityPolicy.BEST_EFFORT)), callback_group=infer,
-            raw=True))
+            raw=True, event_callbacks=SubscriptionEventCallbacks(
+                incompatible_qos=self._on_image_qos_incompatible)))
         keep(self.create_subscription(Odometry, topics.odometry, self._on_odometry, reliable,
                                       callback_group=infer))
         keep(self.create_subscription(Path, topics.waypoints, self._on_waypoints, latched,
@@ -301,7 +268,7 @@ class PolicyNode(LifecycleNode):
         received = time.monotonic()
         self._run.stats.image.add(received)
         try:
-            image = _decode_image(serialized)
+            image = camera_frame(serialized)
             gray = self._core.frame_gray(image.data, image.width, image.height, image.encoding,
                                          image.step)
         except (ObservationError, SerializedImageError) as exc:
@@ -319,11 +286,17 @@ class PolicyNode(LifecycleNode):
         answer = run.pairing.on_image(Frame(image.stamp_ns, gray, received))
         run.answer(answer, time.monotonic(), self._loader.take())
 
+    def _on_image_qos_incompatible(self, event) -> None:
+        """Say once per incompatible camera publisher why its frames never arrive."""
+        if event.total_count_change > 0:
+            self.get_logger().warning(camera_qos_advice(
+                self._image_sub.topic_name, event.last_policy_kind.name,
+                self._settings is None or self._settings.image_reliable))
+
     @_guarded()
     def _on_odometry(self, msg: Odometry) -> None:
-        p, q, v = msg.pose.pose.position, msg.pose.pose.orientation, msg.twist.twist.linear
         try:
-            pose = pose_from_odometry((p.x, p.y, p.z), (q.x, q.y, q.z, q.w), (v.x, v.y, v.z))
+            pose = odometry_pose(msg)
         except ObservationError as exc:
             self._run.stats.counts['odometry_refused'] += 1
             self.get_logger().warning(f'refused odometry: {exc}',
@@ -336,9 +309,8 @@ class PolicyNode(LifecycleNode):
 
     @_guarded(active=False)
     def _on_waypoints(self, msg: Path) -> None:
-        points = [(s.pose.position.x, s.pose.position.y) for s in msg.poses]
         try:
-            route = route_from_points(points)
+            route = path_route(msg)
         except ObservationError as exc:
             self._run.stats.counts['waypoints_refused'] += 1
             self.get_logger().warning(f'refused waypoints: {exc}',
@@ -425,21 +397,9 @@ class PolicyNode(LifecycleNode):
 
     @_guarded()
     def _publish_diagnostics(self) -> None:
-        run = self._run
-        level, message = policy_status(run.held is not None, run.brake_reason, self._core.train,
-                                       self._core.policy is not None, run.load_error)
-        values = policy_values(
-            run.stats, time.monotonic(), train=self._core.train,
-            control_output=self._settings.control_output, policy_info=run.policy_info,
-            load_error=run.load_error, policy_version=self._core.policy_version,
-            budget=run.budget)
-        status = DiagnosticStatus(
-            name=f'{self.get_fully_qualified_name()}: policy', hardware_id=self._settings.actor_id,
-            level=getattr(DiagnosticStatus, level), message=message,
-            values=[KeyValue(key=k, value=v) for k, v in values.items()])
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self._diagnostics_pub.publish(msg)
+        self._diagnostics_pub.publish(diagnostics_message(
+            self._run, self._core, self._settings.control_output, self.get_fully_qualified_name(),
+            self._settings.actor_id, time.monotonic(), self.get_clock().now().to_msg()))
 
 
 def main(args=None) -> int:

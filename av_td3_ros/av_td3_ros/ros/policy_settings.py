@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import os
 import socket
 
+from av_td3_ros.driving.actor_core import ActorCore
 from av_td3_ros.ros.policy_messages import CONTROL_OUTPUTS
 from av_td3_ros.ros.topics import check_role_name, DEFAULT_ROLE, TRAINER_STATS, VehicleTopics
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -170,3 +171,30 @@ def read_settings(value: dict, fully_qualified_name: str) -> Settings:
         actor_id=actor_id,
         trainer_stats_topic=value['trainer_stats_topic'],
         diagnostics_period=value['diagnostics_period'])
+
+
+def camera_qos_advice(topic: str, policy: str, reliable: bool) -> str:
+    """
+    Say why the camera subscription matches no publisher and which parameter to set.
+
+    ``policy`` names the incompatible QoS policy (``RELIABILITY``, or rmw's
+    ``rmw_qos_policy_reliability`` as rclpy's event gives it, ``DURABILITY``, ...).
+    The usual case: a camera driver that offers sensor-data QoS (best effort) while the node
+    asks for reliable delivery; the node then never gets a frame and brakes for "no image".
+    """
+    policy = policy.upper().removeprefix('RMW_QOS_POLICY_')
+    message = (f'camera {topic}: a publisher offers QoS incompatible with this subscription '
+               f'({policy.lower()}); no frame of it will arrive')
+    if policy == 'RELIABILITY' and reliable:
+        return (f'{message}. It publishes best effort (sensor-data QoS, as most camera drivers '
+                f'do): set image_qos_reliability:=best_effort')
+    return f"{message}. Check the publisher's QoS and image_qos_reliability / image_qos_depth"
+
+
+def actor_core(settings: Settings) -> ActorCore:
+    """Build a fresh actor as the settings of one configuration ask (no policy yet)."""
+    return ActorCore(train=settings.train, exploration_noise=settings.exploration_noise,
+                     exploration_noise_final=settings.exploration_noise_final,
+                     exploration_noise_decay_steps=settings.exploration_noise_decay_steps,
+                     exploration_noise_beta=settings.exploration_noise_beta,
+                     seed=settings.seed, stamp_gap_reset_ns=int(settings.input_timeout * 1e9))
