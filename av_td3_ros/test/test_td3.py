@@ -167,6 +167,23 @@ def test_td3_bc_pulls_the_policy_toward_the_data_actions():
     assert end < 0.5 * start
 
 
+def test_the_saturation_penalty_pulls_a_saturated_actor_back_from_full_lock():
+    """A head stuck in tanh's flat tail gets no gradient from -Q; the penalty still moves it."""
+    batch = _batch()
+
+    def pre_tanh_after_updates(penalty: float) -> float:
+        td3 = TD3(_config(actor_saturation_penalty=penalty, actor_lr=1e-3, precision='fp32'))
+        last = td3.actor.fc3
+        with torch.no_grad():
+            last.bias.fill_(6.0)        # tanh(6) = 0.99999: full lock and full throttle
+        for _ in range(20):
+            td3.update_actor(batch)
+        with torch.no_grad():
+            return float(td3.actor.preactivation(td3.actor_cnn(batch.image),
+                                                 batch.vector).mean())
+    assert pre_tanh_after_updates(1.0) < pre_tanh_after_updates(0.0) - 0.1
+
+
 @pytest.mark.parametrize('precision', ['bf16', 'fp32'])
 def test_each_precision_trains_with_fp32_heads(precision):
     td3 = TD3(_config(precision=precision))

@@ -103,6 +103,10 @@ class TD3Config:
     bc_alpha: float = _p(
         0.0, 'TD3+BC: actor loss -lambda Q + (pi(s) - a)^2, lambda = alpha / mean|Q|; '
         '0 = plain TD3 (offline training from bags uses 2.5)', 0.0, 1e3)
+    actor_saturation_penalty: float = _p(
+        0.0, 'actor loss + this x mean(pre-tanh output^2): without it the pixel actor saturated '
+        'at full lock within ~50 updates and never recovered (tanh gradients vanish); 0 = off '
+        '(plain TD3)', 0.0, 100.0)
     device: str = _p('cpu', 'torch device of the learner (cpu, cuda, cuda:1, ...)')
     seed: int = _p(0, 'seed of network init, target noise and replay sampling', 0, 2**31 - 1)
     precision: str = _p('auto', 'compute precision of the CNNs in the update: bf16 autocast '

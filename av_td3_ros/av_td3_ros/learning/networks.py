@@ -136,8 +136,12 @@ class Actor(_MLP):
         super().__init__(features_dim + vector_dim, hidden, action_dim)
         self.max_action = float(max_action)
 
+    def preactivation(self, features: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+        """The head's output before tanh (what a saturation penalty acts on)."""
+        return super().forward(torch.cat([features, vector], dim=1))
+
     def forward(self, features: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(super().forward(torch.cat([features, vector], dim=1))) * self.max_action
+        return torch.tanh(self.preactivation(features, vector)) * self.max_action
 
 
 class TwinCritic(nn.Module):

@@ -200,13 +200,16 @@ class TD3:
         image = prepare_image(batch.image, self.channels_last)
         with torch.no_grad():
             critic_features = self._features(self.critic_cnn, image)
-        pi = self.actor(self._features(self.actor_cnn, image), batch.vector)
+        pre = self.actor.preactivation(self._features(self.actor_cnn, image), batch.vector)
+        pi = torch.tanh(pre) * self.actor.max_action
         q = self.critic.q1(critic_features, batch.vector, pi)
         if cfg.bc_alpha > 0:  # TD3+BC (Fujimoto & Gu 2021)
             lmbda = cfg.bc_alpha / q.abs().mean().detach().clamp_min(1e-6)
             actor_loss = -lmbda * q.mean() + F.mse_loss(pi, batch.action)
         else:
             actor_loss = -q.mean()
+        if cfg.actor_saturation_penalty > 0:   # keeps tanh out of its flat tails
+            actor_loss = actor_loss + cfg.actor_saturation_penalty * pre.float().pow(2).mean()
         self._step(self.actor_optimizer, self.actor_params, actor_loss)
         with torch.no_grad():
             self._record(1, actor_loss)
