@@ -1,7 +1,7 @@
 """The policy node's parameter table and its validation, without ROS."""
 
 from av_td3_ros.ros.policy_settings import (
-    camera_qos_advice, descriptor, PARAMETERS, read_settings, STRING_ARRAY)
+    actor_core, camera_qos_advice, descriptor, PARAMETERS, read_settings, STRING_ARRAY)
 import pytest
 
 
@@ -29,6 +29,14 @@ def test_values_are_translated():
     assert not settings.odometry_by_stamp and settings.seed == 3
     assert settings.allowed_dirs == ['/models'] and settings.actor_id == 'me'
     assert settings.topics.control == '/carla/car7/vehicle_control_cmd'
+
+
+def test_the_actor_explores_as_the_settings_say():
+    value = defaults() | {'mode': 'train', 'exploration_noise': 0.3,
+                          'exploration_noise_beta': 1.0, 'seed': 3}
+    core = actor_core(read_settings(value, '/x'))
+    assert core.train and core.exploration_std() == 0.3
+    assert core._noise.beta == 1.0
 
 
 @pytest.mark.parametrize('name,value,says', [
