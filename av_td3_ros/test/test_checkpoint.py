@@ -1,5 +1,6 @@
 """Checkpoints: v1 round trip, refusals (nothing executed, nothing changed), legacy, paths."""
 
+import json
 import os
 from pathlib import Path
 import pickle
@@ -76,6 +77,26 @@ def test_v1_round_trip_restores_everything(tmp_path):
     assert restored.pop('config')['seed'] == 5     # the running learner's config stays
     original.pop('config')
     assert _equal(restored, original)
+
+
+def test_old_files_with_the_explore_rng_key_still_load(tmp_path):
+    td3 = _trained()
+    path = tmp_path / 'a.pth'
+    save_checkpoint(path, td3)
+    saved = torch.load(path, weights_only=True)
+    assert 'explore' not in saved['learner']['rng']     # no longer written
+    # files from before exploration moved to the actors hold the numpy PCG64 state
+    pcg64 = np.random.default_rng(7).bit_generator.state
+    saved['learner']['rng']['explore'] = json.dumps(pcg64)
+    old = tmp_path / 'old.pth'
+    torch.save(saved, old)
+    fresh = TD3(CFG.replace(seed=5))
+    _, counters = load_checkpoint(old, fresh)
+    assert counters == {} and fresh.total_it == td3.total_it
+    restored, original = fresh.state_dict(), td3.state_dict()
+    restored.pop('config')
+    original.pop('config')
+    assert _equal(restored, original) and 'explore' not in restored['rng']
 
 
 def test_weights_only_load_leaves_optimizers_and_counters(tmp_path):

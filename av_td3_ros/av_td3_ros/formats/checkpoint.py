@@ -13,9 +13,10 @@ v1 checkpoint (one ``.pth`` written with ``torch.save``, read with
                        'critic': Adam state dict (critic_cnn + critic)}
         total_it      TD3 updates done
         rng           {'target_noise': torch.Generator state (uint8 tensor),
-                       'explore': numpy PCG64 state as JSON,
                        'augment': torch.Generator state of the random shifts (absent in
-                       files written before augmentation: the seeded state is kept)}
+                       files written before augmentation: the seeded state is kept);
+                       files written before exploration moved to the actors also hold
+                       'explore' (a numpy PCG64 state as JSON), which loading ignores}
         config        TD3Config.to_dict(): every hyperparameter, the observation spec
                       (frame_stack, image_size, n_waypoints, image_scaling, ...), action_dim,
                       max_action, the CNN variant ('nature' | 'legacy'), features_dim, hidden
