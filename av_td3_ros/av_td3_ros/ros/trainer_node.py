@@ -99,7 +99,6 @@ class TrainerNode(Node):
                 f'writes in {self.checkpoint_dir}: {", ".join(p.name for p in removed[:5])}')
         self.allowed_dirs = [d for d in self._string_list('allowed_checkpoint_dirs') if d]
         self.stats_period = self._param('stats_period')
-        self._version_published = 0
 
         self._weights_pub = self.create_publisher(PolicyWeights, POLICY_WEIGHTS, WEIGHTS_QOS)
         self._stats_pub = self.create_publisher(TrainerStats, '~/stats', 10)
@@ -268,9 +267,7 @@ class TrainerNode(Node):
         msg.format = 'safetensors'
         msg.data = update.data
         msg.sha256 = update.sha256
-        if not self._publish(self._weights_pub, msg):
-            return
-        self._version_published = update.version
+        self._publish(self._weights_pub, msg)
 
     def _publish(self, publisher: Publisher, msg: Any) -> bool:
         """
