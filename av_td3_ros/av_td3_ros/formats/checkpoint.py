@@ -435,6 +435,23 @@ def newest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
     return max(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
 
+def find_checkpoint(requested: str, checkpoint_dir: str | os.PathLike,
+                    allowed_dirs: list[str] | tuple[str, ...] | None = None) -> Path:
+    """
+    Find the checkpoint a request names: empty means the newest in ``checkpoint_dir``.
+
+    A non-empty path is resolved as ``resolve_checkpoint_path`` does (relative: against
+    ``checkpoint_dir``); the newest file is put through the same check, so a link to outside the
+    allowed directories is refused either way. Raises CheckpointError with the reason.
+    """
+    if not requested:
+        newest = newest_checkpoint(checkpoint_dir)
+        if newest is None:
+            raise CheckpointError(f'no checkpoint in {checkpoint_dir}')
+        requested = str(newest)
+    return resolve_checkpoint_path(requested, checkpoint_dir, list(allowed_dirs or []))
+
+
 def remove_stale_temp_files(checkpoint_dir: str | os.PathLike) -> list[Path]:
     """
     Delete the temp files of checkpoint writes that never finished; return what was removed.
@@ -517,6 +534,6 @@ def convert_legacy(path: str | os.PathLike, out: str | os.PathLike) -> Checkpoin
 
 __all__ = [
     'FORMAT', 'VERSION', 'CheckpointError', 'CheckpointInfo', 'convert_legacy',
-    'export_policy_file', 'inspect_checkpoint', 'load_checkpoint', 'newest_checkpoint',
-    'read_checkpoint', 'remove_stale_temp_files', 'replay_path_for', 'resolve_checkpoint_path',
-    'save_checkpoint', 'sha256_file']
+    'export_policy_file', 'find_checkpoint', 'inspect_checkpoint', 'load_checkpoint',
+    'newest_checkpoint', 'read_checkpoint', 'remove_stale_temp_files', 'replay_path_for',
+    'resolve_checkpoint_path', 'save_checkpoint', 'sha256_file']
