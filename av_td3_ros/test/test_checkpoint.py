@@ -1,5 +1,6 @@
 """Checkpoints: v1 round trip, refusals (nothing executed, nothing changed), legacy, paths."""
 
+import json
 import os
 from pathlib import Path
 import pickle
@@ -7,8 +8,8 @@ import pickle
 from av_td3_ros.driving.policy import Policy
 from av_td3_ros.formats import checkpoint as ckpt
 from av_td3_ros.formats.checkpoint import (
-    CheckpointError, inspect_checkpoint, load_checkpoint, newest_checkpoint, read_checkpoint,
-    replay_path_for, resolve_checkpoint_path, save_checkpoint, sha256_file)
+    CheckpointError, find_checkpoint, inspect_checkpoint, load_checkpoint, newest_checkpoint,
+    read_checkpoint, replay_path_for, resolve_checkpoint_path, save_checkpoint, sha256_file)
 from av_td3_ros.formats.policy_export import export_td3_policy
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.replay import Batch, ReplayBuffer
@@ -76,6 +77,26 @@ def test_v1_round_trip_restores_everything(tmp_path):
     assert restored.pop('config')['seed'] == 5     # the running learner's config stays
     original.pop('config')
     assert _equal(restored, original)
+
+
+def test_old_files_with_the_explore_rng_key_still_load(tmp_path):
+    td3 = _trained()
+    path = tmp_path / 'a.pth'
+    save_checkpoint(path, td3)
+    saved = torch.load(path, weights_only=True)
+    assert 'explore' not in saved['learner']['rng']     # no longer written
+    # files from before exploration moved to the actors hold the numpy PCG64 state
+    pcg64 = np.random.default_rng(7).bit_generator.state
+    saved['learner']['rng']['explore'] = json.dumps(pcg64)
+    old = tmp_path / 'old.pth'
+    torch.save(saved, old)
+    fresh = TD3(CFG.replace(seed=5))
+    _, counters = load_checkpoint(old, fresh)
+    assert counters == {} and fresh.total_it == td3.total_it
+    restored, original = fresh.state_dict(), td3.state_dict()
+    restored.pop('config')
+    original.pop('config')
+    assert _equal(restored, original) and 'explore' not in restored['rng']
 
 
 def test_weights_only_load_leaves_optimizers_and_counters(tmp_path):
@@ -328,3 +349,49 @@ def test_newest_checkpoint_picks_the_latest_pth(tmp_path):
     (tmp_path / '.td3_step_30.pth.123.tmp').write_bytes(b'x')
     assert newest_checkpoint(tmp_path) == tmp_path / 'td3_step_20.pth'
     assert isinstance(newest_checkpoint(str(tmp_path)), Path)
+
+
+def _touch(path, age_ns):
+    path.write_bytes(b'x')
+    os.utime(path, ns=(10**18 + age_ns, 10**18 + age_ns))
+
+
+def test_find_checkpoint_empty_request_means_the_newest(tmp_path):
+    base = tmp_path / 'ckpt'
+    base.mkdir()
+    with pytest.raises(CheckpointError, match=f'no checkpoint in {base}$'):
+        find_checkpoint('', base, [])
+    with pytest.raises(CheckpointError, match='no checkpoint in'):
+        find_checkpoint('', tmp_path / 'missing')
+    _touch(base / 'td3_step_10.pth', 1)
+    _touch(base / 'td3_step_20.pth', 2)
+    _touch(base / 'td3_step_5.pth', 0)
+    assert find_checkpoint('', base) == (base / 'td3_step_20.pth').resolve()
+    assert find_checkpoint('', str(base), ()) == (base / 'td3_step_20.pth').resolve()
+
+
+def test_find_checkpoint_resolves_inside_the_allowed_dirs_only(tmp_path):
+    base, extra, outside = tmp_path / 'ckpt', tmp_path / 'extra', tmp_path / 'outside'
+    for d in (base, extra, outside):
+        d.mkdir()
+    assert find_checkpoint('a.pth', base, []) == (base / 'a.pth').resolve()           # relative
+    assert find_checkpoint('sub/../a.pth', base) == (base / 'a.pth').resolve()
+    assert find_checkpoint(str(base / 'a.pth'), base) == (base / 'a.pth').resolve()   # absolute
+    assert find_checkpoint(str(extra / 'b.pth'), base, [str(extra)]) == \
+        (extra / 'b.pth').resolve()
+    (base / 'link.pth').symlink_to(outside / 'secret.pth')
+    for bad in ('../outside/x.pth', str(outside / 'x.pth'), str(extra / 'b.pth'), 'link.pth'):
+        with pytest.raises(CheckpointError, match='outside the allowed'):
+            find_checkpoint(bad, base)
+
+
+def test_find_checkpoint_refuses_a_newest_file_that_links_outside(tmp_path):
+    base, outside = tmp_path / 'ckpt', tmp_path / 'outside'
+    base.mkdir()
+    outside.mkdir()
+    _touch(base / 'td3_step_10.pth', 1)
+    _touch(outside / 'secret.pth', 5)
+    (base / 'td3_step_99.pth').symlink_to(outside / 'secret.pth')   # newest by its target
+    with pytest.raises(CheckpointError, match='outside the allowed'):
+        find_checkpoint('', base)
+    assert find_checkpoint('', base, [str(outside)]) == (outside / 'secret.pth').resolve()

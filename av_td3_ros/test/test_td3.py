@@ -132,8 +132,7 @@ def test_same_seed_same_learning_and_act_is_bounded():
     clean = a.act(image, vector)
     assert clean.shape == (2,) and clean.dtype == np.float32
     np.testing.assert_array_equal(clean, a.act(image, vector))
-    noisy = a.act(image, vector, noise=5.0, rng=np.random.default_rng(1))
-    assert np.abs(noisy).max() <= 1.0 and not np.array_equal(noisy, clean)
+    assert np.abs(clean).max() <= 1.0
 
 
 def test_train_from_replay_returns_finite_metrics():

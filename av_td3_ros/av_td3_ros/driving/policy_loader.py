@@ -18,8 +18,7 @@ import threading
 
 from av_td3_ros.driving.actor_core import review_weights
 from av_td3_ros.driving.policy import Policy
-from av_td3_ros.formats.checkpoint import (
-    CheckpointError, newest_checkpoint, resolve_checkpoint_path)
+from av_td3_ros.formats.checkpoint import CheckpointError, find_checkpoint
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,15 +103,7 @@ class PolicyLoader:
 
         Raises CheckpointError for a path outside the allowed directories or an unreadable file.
         """
-        if requested:
-            path = resolve_checkpoint_path(requested, generation.checkpoint_dir,
-                                           list(generation.allowed_dirs))
-        else:
-            newest = newest_checkpoint(generation.checkpoint_dir)
-            if newest is None:
-                raise CheckpointError(f'no checkpoint in {generation.checkpoint_dir}')
-            path = resolve_checkpoint_path(str(newest), generation.checkpoint_dir,
-                                           list(generation.allowed_dirs))
+        path = find_checkpoint(requested, generation.checkpoint_dir, generation.allowed_dirs)
         return build_policy(path, generation.device)
 
     def review_weights(self, fmt: str, data: bytes, sha256: str, version: int, total_it: int,

@@ -13,9 +13,10 @@ v1 checkpoint (one ``.pth`` written with ``torch.save``, read with
                        'critic': Adam state dict (critic_cnn + critic)}
         total_it      TD3 updates done
         rng           {'target_noise': torch.Generator state (uint8 tensor),
-                       'explore': numpy PCG64 state as JSON,
                        'augment': torch.Generator state of the random shifts (absent in
-                       files written before augmentation: the seeded state is kept)}
+                       files written before augmentation: the seeded state is kept);
+                       files written before exploration moved to the actors also hold
+                       'explore' (a numpy PCG64 state as JSON), which loading ignores}
         config        TD3Config.to_dict(): every hyperparameter, the observation spec
                       (frame_stack, image_size, n_waypoints, image_scaling, ...), action_dim,
                       max_action, the CNN variant ('nature' | 'legacy'), features_dim, hidden
@@ -434,6 +435,23 @@ def newest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
     return max(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
 
+def find_checkpoint(requested: str, checkpoint_dir: str | os.PathLike,
+                    allowed_dirs: list[str] | tuple[str, ...] | None = None) -> Path:
+    """
+    Find the checkpoint a request names: empty means the newest in ``checkpoint_dir``.
+
+    A non-empty path is resolved as ``resolve_checkpoint_path`` does (relative: against
+    ``checkpoint_dir``); the newest file is put through the same check, so a link to outside the
+    allowed directories is refused either way. Raises CheckpointError with the reason.
+    """
+    if not requested:
+        newest = newest_checkpoint(checkpoint_dir)
+        if newest is None:
+            raise CheckpointError(f'no checkpoint in {checkpoint_dir}')
+        requested = str(newest)
+    return resolve_checkpoint_path(requested, checkpoint_dir, list(allowed_dirs or []))
+
+
 def remove_stale_temp_files(checkpoint_dir: str | os.PathLike) -> list[Path]:
     """
     Delete the temp files of checkpoint writes that never finished; return what was removed.
@@ -516,6 +534,6 @@ def convert_legacy(path: str | os.PathLike, out: str | os.PathLike) -> Checkpoin
 
 __all__ = [
     'FORMAT', 'VERSION', 'CheckpointError', 'CheckpointInfo', 'convert_legacy',
-    'export_policy_file', 'inspect_checkpoint', 'load_checkpoint', 'newest_checkpoint',
-    'read_checkpoint', 'remove_stale_temp_files', 'replay_path_for', 'resolve_checkpoint_path',
-    'save_checkpoint', 'sha256_file']
+    'export_policy_file', 'find_checkpoint', 'inspect_checkpoint', 'load_checkpoint',
+    'newest_checkpoint', 'read_checkpoint', 'remove_stale_temp_files', 'replay_path_for',
+    'resolve_checkpoint_path', 'save_checkpoint', 'sha256_file']

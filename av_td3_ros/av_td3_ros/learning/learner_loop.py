@@ -320,14 +320,6 @@ class Learner:
         return WeightsUpdate(self._version, self.td3.total_it, data,
                              hashlib.sha256(data).hexdigest())
 
-    def export_weights(self) -> WeightsUpdate:
-        """Export the current policy as a new weights version (and pass it to on_weights)."""
-        with self._model_lock:
-            export = self._export_locked()
-        if self._on_weights is not None:
-            self._on_weights(export)
-        return export
-
     # ----------------------------------------------------------------------------- checkpoints
     def _counters_locked(self, with_replay: bool = False) -> dict[str, int]:
         counters = {'total_it': self.td3.total_it, 'env_steps': self._transitions,

@@ -8,8 +8,9 @@ Each CNN is in its head's optimizer, so gradient clipping covers it. All four ne
 targets, updated every ``policy_delay`` critic updates.
 
 Determinism: weights are initialised from ``config.seed`` inside a forked RNG, target noise comes
-from a private torch.Generator and exploration noise from a private numpy Generator; both states
-are part of ``state_dict()``, so a resumed run continues bit for bit (CPU, same thread count).
+and the random shifts from private torch.Generators; both states are part of ``state_dict()``,
+so a resumed run continues bit for bit (CPU, same thread count). Exploration noise is not drawn
+here: the actors add it (``driving.exploration``).
 Metrics are accumulated on the device and read once per ``train()`` call (no per-update sync).
 """
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -99,7 +99,6 @@ class TD3:
         self._target = [p for n in TARGETS for p in getattr(self, n).parameters()]
         self.noise_generator = torch.Generator(device=self.device)
         self.noise_generator.manual_seed(config.seed + 1)
-        self.explore_rng = np.random.default_rng(config.seed + 2)
         self.augment_generator = torch.Generator(device='cpu')
         self.augment_generator.manual_seed(config.seed + 3)
         self.total_it = 0
@@ -126,17 +125,13 @@ class TD3:
     # ------------------------------------------------------------------ acting
 
     @torch.no_grad()
-    def act(self, image: np.ndarray, vector: np.ndarray, noise: float = 0.0,
-            rng: np.random.Generator | None = None) -> np.ndarray:
-        """Return the action for one observation; ``noise``: Gaussian std in max_action units."""
+    def act(self, image: np.ndarray, vector: np.ndarray) -> np.ndarray:
+        """Return the deterministic action for one observation, clipped to ``max_action``."""
         image_t = torch.as_tensor(np.asarray(image, dtype=np.uint8), device=self.device)[None]
         vector_t = torch.as_tensor(np.asarray(vector, dtype=np.float32),
                                    device=self.device)[None]
         action = self.actor(self.actor_cnn(image_t), vector_t)[0].float().cpu().numpy()
         limit = self.config.max_action
-        if noise > 0:
-            rng = rng if rng is not None else self.explore_rng
-            action = action + rng.normal(0.0, noise * limit, size=action.shape)
         return np.clip(action, -limit, limit).astype(np.float32)
 
     # ------------------------------------------------------------------ learning
@@ -267,7 +262,6 @@ class TD3:
                            'critic': self.critic_optimizer.state_dict()},
             'total_it': self.total_it,
             'rng': {'target_noise': self.noise_generator.get_state(),
-                    'explore': json.dumps(self.explore_rng.bit_generator.state),
                     'augment': self.augment_generator.get_state()},
             'config': self.config.to_dict(),
         }
@@ -293,9 +287,7 @@ class TD3:
                 self._set_noise_state(state['rng']['target_noise'])
                 if 'augment' in state['rng']:   # files before augmentation: keep the seed
                     self.augment_generator.set_state(state['rng']['augment'])
-                explore = np.random.default_rng()
-                explore.bit_generator.state = json.loads(state['rng']['explore'])
-                self.explore_rng = explore
+                # 'explore' (files before exploration moved to the actors) is ignored
         except Exception as exc:
             self._load_networks(backup)
             if snapshot is not None:
@@ -306,9 +298,6 @@ class TD3:
                 self.total_it = snapshot['total_it']
                 self.noise_generator.set_state(snapshot['rng']['target_noise'])
                 self.augment_generator.set_state(snapshot['rng']['augment'])
-                restored = np.random.default_rng()
-                restored.bit_generator.state = json.loads(snapshot['rng']['explore'])
-                self.explore_rng = restored
             raise ValueError(f'cannot load learner state: {exc}') from exc
 
     def _set_noise_state(self, generator_state: torch.Tensor) -> None:

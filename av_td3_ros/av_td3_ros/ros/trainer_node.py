@@ -20,7 +20,7 @@ from av_td3_interfaces.msg import PolicyWeights, TrainerStats, Transition
 from av_td3_interfaces.srv import LoadCheckpoint, SaveCheckpoint
 from av_td3_ros.driving.observation import ObservationSpec
 from av_td3_ros.formats.checkpoint import (
-    CheckpointError, CheckpointInfo, newest_checkpoint, remove_stale_temp_files,
+    CheckpointError, CheckpointInfo, find_checkpoint, remove_stale_temp_files,
     resolve_checkpoint_path)
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.learner_loop import (
@@ -99,7 +99,6 @@ class TrainerNode(Node):
                 f'writes in {self.checkpoint_dir}: {", ".join(p.name for p in removed[:5])}')
         self.allowed_dirs = [d for d in self._string_list('allowed_checkpoint_dirs') if d]
         self.stats_period = self._param('stats_period')
-        self._version_published = 0
 
         self._weights_pub = self.create_publisher(PolicyWeights, POLICY_WEIGHTS, WEIGHTS_QOS)
         self._stats_pub = self.create_publisher(TrainerStats, '~/stats', 10)
@@ -268,9 +267,7 @@ class TrainerNode(Node):
         msg.format = 'safetensors'
         msg.data = update.data
         msg.sha256 = update.sha256
-        if not self._publish(self._weights_pub, msg):
-            return
-        self._version_published = update.version
+        self._publish(self._weights_pub, msg)
 
     def _publish(self, publisher: Publisher, msg: Any) -> bool:
         """
@@ -325,22 +322,21 @@ class TrainerNode(Node):
         self.get_logger().error(message)
 
     # ----------------------------------------------------------------------------- services
-    def _resolve(self, requested: str) -> Path:
-        return resolve_checkpoint_path(requested, str(self.checkpoint_dir), self.allowed_dirs)
-
     def _resume(self, resume: str) -> CheckpointInfo:
         if resume == 'latest':
-            path = newest_checkpoint(self.checkpoint_dir)
-            if path is None:
-                raise ValueError(f'resume=latest: no checkpoint in {self.checkpoint_dir}')
+            try:
+                path = find_checkpoint('', self.checkpoint_dir, self.allowed_dirs)
+            except CheckpointError as exc:
+                raise ValueError(f'resume=latest: {exc}') from None
         else:
-            path = self._resolve(resume)
+            path = find_checkpoint(resume, self.checkpoint_dir, self.allowed_dirs)
         return self.learner.load(path)
 
     def _save_checkpoint(self, request: SaveCheckpoint.Request,
                          response: SaveCheckpoint.Response) -> SaveCheckpoint.Response:
         try:
-            path = self._resolve(request.path) if request.path else None
+            path = (resolve_checkpoint_path(request.path, self.checkpoint_dir, self.allowed_dirs)
+                    if request.path else None)
             if path is not None and path.is_dir():
                 raise CheckpointError(f'{path} is a directory')
             if path is not None and not path.parent.is_dir():
@@ -363,12 +359,7 @@ class TrainerNode(Node):
     def _load_checkpoint(self, request: LoadCheckpoint.Request,
                          response: LoadCheckpoint.Response) -> LoadCheckpoint.Response:
         try:
-            if request.path:
-                path = self._resolve(request.path)
-            else:
-                path = newest_checkpoint(self.checkpoint_dir)
-                if path is None:
-                    raise CheckpointError(f'no checkpoint in {self.checkpoint_dir}')
+            path = find_checkpoint(request.path, self.checkpoint_dir, self.allowed_dirs)
             info = self.learner.load(path, weights_only=request.weights_only)
         except (CheckpointError, OSError, ValueError) as exc:
             response.success = False
