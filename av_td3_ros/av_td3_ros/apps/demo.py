@@ -2,17 +2,16 @@
 The main job behind ``make demo`` (DESIGN §10): learn to drive in minutes, then prove it.
 
 1. Bring up the ``train_sim`` configuration in this process (ros/bringup.py, the same nodes,
-   YAML files and fixed parameters as launch/train_sim.launch.py) with the demo profile
-   ``config/demo.yaml`` on top: embedded simulator (synchronous, small camera), policy node in
-   train mode, trainer node. A monitor node prints one progress line every few seconds.
-   Demonstrations: a second actor (``--demonstrations N``, default 3000; 0 = pure TD3) drives
-   the same road in the gym env with the classical baseline (pure pursuit + PID) plus Gaussian
-   noise and publishes its transitions on /av_td3/transitions like any actor; the trainer learns
-   from them and from the policy node's own experience with TD3+BC (``bc_alpha`` in demo.yaml).
-   Why: measured here, plain TD3 from scratch with the DESIGN §6 settings does not reliably
-   learn this task within the few thousand updates ten CPU minutes allow (it settles on standing
-   still: from rest, one step of throttle changes nothing the critic can resolve); with 3000
-   demonstration steps it drives laps after about a thousand updates.
+   YAML files and fixed parameters as launch/train_sim.launch.py) with the profile's files from
+   config/ on top (``--profile``/``DEMO_PROFILE``, ``PROFILES``): embedded simulator (synchronous,
+   small camera, ``--scenario``/``DEMO_SCENARIO``), policy node in train mode, trainer node. A
+   monitor node prints one progress line every few seconds.
+   ``td3bc`` (default): a second actor drives the same road in the gym env with the classical
+   baseline (pure pursuit + PID) plus Gaussian noise and publishes 3000 transitions on
+   /av_td3/transitions like any actor; the trainer learns from them and from the policy node's
+   own experience with TD3+BC (``bc_alpha`` in demo.yaml). ``td3``: plain TD3 from the policy
+   node's experience only, which does not yet complete laps in ten minutes here (the pixel
+   actor saturates early: docs/training.md "Plain TD3").
 2. After ``DEMO_MINUTES`` (default 10) minus the time reserved for evaluation, save a checkpoint
    through the trainer's ``~/save_checkpoint`` service (a real service call over DDS) and stop.
 3. Evaluate the deterministic policy loaded from that checkpoint (``Policy.load``) and a uniform
