@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 
 from av_td3_ros.driving.observation import ObservationSpec
 from av_td3_ros.formats.checkpoint import CheckpointError, read_checkpoint
@@ -47,7 +46,6 @@ class Policy:
                                       f'({", ".join(bad[:3])})')
             net.to(self.device).eval().requires_grad_(False)
         self.actor_cnn.channels_last = self.device.type == 'cpu'   # as the learner computes
-        self._graph: torch.jit.ScriptModule | None = None             # see prepare()
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = 'cpu') -> Policy:
@@ -74,45 +72,25 @@ class Policy:
                    hashlib.sha256(bytes(data)).hexdigest(), device, source=source)
 
     @torch.inference_mode()
-    def prepare(self, tolerance: float = 1e-6) -> bool:
+    @torch.inference_mode()
+    def prepare(self) -> None:
         """
-        Get ready to act at batch 1 at once: build the fast graph (CPU) and warm up (any device).
+        Warm up at batch 1 now, on the loader's thread, not on the first camera frame.
 
-        Why: at batch 1 the networks are small enough for the framework's per-layer overhead to
-        matter. On CPU, actor_cnn + actor are traced and frozen into one TorchScript graph
-        (weights folded in, the first convolution's scaling precomputed, oneDNN weights packed
-        once): measured under emulated AVX2 on one thread, 1.15 -> 0.9 ms per act in a loop and
-        2.6 -> 2.0 ms at a 20 Hz camera's pace. The graph is kept only if it gives the eager
-        networks' actions within ``tolerance`` on a random observation (otherwise the eager path
-        stays). The warm-up calls make oneDNN (or CUDA) set up its kernels now, on the loader's
-        thread, not on the first camera frame. Returns whether the graph is used. (TorchScript
-        is deprecated in recent torch; where it is gone this falls back to the eager networks.)
+        The first calls make oneDNN (or CUDA) pick and set up its kernels. A TorchScript-frozen
+        graph was tried here too (0.3 ms less per act at a 20 Hz pace under emulated AVX2) and
+        removed: every trace kept ~5 MB for good, so a training actor that takes fresh weights
+        every few seconds grew by 1.3 GB in the 20-minute soak test.
         """
         rng = np.random.default_rng(0)
         image = torch.as_tensor(rng.integers(0, 256, self.spec.image_shape, dtype=np.uint8),
                                 device=self.device)[None]
         vector = torch.as_tensor(rng.standard_normal(self.spec.vector_dim, dtype=np.float32),
                                  device=self.device)[None]
-        expected = self.actor(self.actor_cnn(image), vector)
-        if self.device.type == 'cpu':
-            try:
-                with warnings.catch_warnings():    # TorchScript is deprecated in torch 2.10+
-                    warnings.simplefilter('ignore', DeprecationWarning)
-                    graph = torch.jit.optimize_for_inference(
-                        torch.jit.trace(_Networks(self.actor_cnn, self.actor), (image, vector)))
-                for _ in range(3):
-                    got = graph(image, vector)
-                good = bool((got - expected).abs().max() <= tolerance)
-            except Exception:   # an operator the tracer or freezer refuses, a torch without jit
-                good = False
-            self._graph = graph if good else None
         for _ in range(3):
             self._forward(image, vector)
-        return self._graph is not None
 
     def _forward(self, image: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
-        if self._graph is not None and image.dtype == torch.uint8:   # the traced input type
-            return self._graph(image, vector)
         return self.actor(self.actor_cnn(image), vector)
 
     @torch.inference_mode()
@@ -130,13 +108,3 @@ class Policy:
         action = self._forward(image_t, vector_t)[0]
         return action.float().cpu().numpy()
 
-
-class _Networks(torch.nn.Module):
-    """actor_cnn then actor, as one module to trace."""
-
-    def __init__(self, actor_cnn: torch.nn.Module, actor: torch.nn.Module) -> None:
-        super().__init__()
-        self.actor_cnn, self.actor = actor_cnn, actor
-
-    def forward(self, image: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
-        return self.actor(self.actor_cnn(image), vector)

@@ -44,7 +44,7 @@ class StagedPolicy:
 def build_policy(path, device: str) -> StagedPolicy:
     """Load a checkpoint or policy export file and describe it (the worker's slow part)."""
     policy = Policy.load(path, device=device)
-    policy.prepare()           # the fast graph and the warm-up, here and not on a frame
+    policy.prepare()           # the warm-up, here and not on a frame
     return StagedPolicy(policy, policy.version, str(path), policy.version, policy.sha256)
 
 
