@@ -137,7 +137,7 @@ class Actor(_MLP):
         self.max_action = float(max_action)
 
     def preactivation(self, features: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
-        """The head's output before tanh (what a saturation penalty acts on)."""
+        """Return the head's output before tanh (what a saturation penalty acts on)."""
         return super().forward(torch.cat([features, vector], dim=1))
 
     def forward(self, features: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
