@@ -7,11 +7,12 @@ no_grad after the critic step, as Stable-Baselines3 TD3 with ``share_features_ex
 Each CNN is in its head's optimizer, so gradient clipping covers it. All four networks have Polyak
 targets, updated every ``policy_delay`` critic updates.
 
-Determinism: weights are initialised from ``config.seed`` inside a forked RNG, target noise comes
-and the random shifts from private torch.Generators; both states are part of ``state_dict()``,
+Determinism: weights are initialised from ``config.seed`` inside a forked RNG, target noise and
+the random shifts come from private torch.Generators; both states are part of ``state_dict()``,
 so a resumed run continues bit for bit (CPU, same thread count). Exploration noise is not drawn
 here: the actors add it (``driving.exploration``).
-Metrics are accumulated on the device and read once per ``train()`` call (no per-update sync).
+Metrics (``METRICS``, by name) are accumulated on the device and read once per ``train()`` or
+``pop_metrics()`` call (no per-update sync).
 """
 
 from __future__ import annotations
@@ -102,21 +103,28 @@ class TD3:
         self.augment_generator = torch.Generator(device='cpu')
         self.augment_generator.manual_seed(config.seed + 3)
         self.total_it = 0
-        self._metric_sums = torch.zeros(len(METRICS), device=self.device)
-        self._metric_counts = torch.zeros(len(METRICS), device=self.device)
+        # Per metric name: running sum and count, 0-d tensors on the device.
+        self._metric_sums = {name: torch.zeros((), device=self.device) for name in METRICS}
+        self._metric_counts = {name: torch.zeros((), device=self.device) for name in METRICS}
 
     def _adam(self, params: list[nn.Parameter], lr: float) -> torch.optim.Adam:
         # Fused Adam: one kernel over all parameters on CPU and CUDA (torch >= 2.4).
         return torch.optim.Adam(params, lr=lr, fused=True)
 
+    def _prepare(self, image: torch.Tensor) -> torch.Tensor:
+        """Frames as the CNNs take them: float32, channels_last on CPU (float input as it is)."""
+        return prepare_image(image, self.channels_last)
+
     def _features(self, cnn: nn.Module, image: torch.Tensor) -> torch.Tensor:
         """
-        Run a CNN in the update's compute precision; its features come out fp32.
+        Run a CNN in the update's layout and compute precision; its features come out fp32.
 
         The convolutions hold almost all of the update's arithmetic, so bf16 there is where
         native bf16 pays (measured here 1.4x fp32); the heads, the TD target and the losses
-        stay fp32 so that Q values keep their precision.
+        stay fp32 so that Q values keep their precision. ``update()`` prepares the images once,
+        so here that is a no-op unless an update step is called on a raw batch.
         """
+        image = self._prepare(image)
         if not self.bf16:
             return cnn(image)
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
@@ -141,9 +149,8 @@ class TD3:
         if self.config.augment_pad:
             batch = self.augment(batch)
         # Convert each image batch to float once; up to three CNN passes read each.
-        batch = dataclasses.replace(
-            batch, image=prepare_image(batch.image, self.channels_last),
-            next_image=prepare_image(batch.next_image, self.channels_last))
+        batch = dataclasses.replace(batch, image=self._prepare(batch.image),
+                                    next_image=self._prepare(batch.next_image))
         self.update_critic(batch)
         self.total_it += 1
         if self.total_it % self.config.policy_delay == 0:
@@ -154,12 +161,12 @@ class TD3:
         """Clipped double-Q step on critic_cnn + critic (targets and actor untouched)."""
         cfg = self.config
         limit = cfg.max_action
-        next_image = prepare_image(batch.next_image, self.channels_last)
         with torch.no_grad():
             noise = torch.randn(batch.action.shape, generator=self.noise_generator,
                                 device=self.device)
             clip = cfg.noise_clip * limit
             noise = (noise * (cfg.target_noise * limit)).clamp_(-clip, clip)
+            next_image = self._prepare(batch.next_image)
             next_action = (self.actor_target(self._features(self.actor_cnn_target, next_image),
                                              batch.next_vector) + noise).clamp_(-limit, limit)
             target_q1, target_q2 = self.critic_target(
@@ -167,14 +174,13 @@ class TD3:
                 next_action)
             discount = batch.not_done * cfg.gamma if batch.discount is None else batch.discount
             target_q = batch.reward + discount * torch.min(target_q1, target_q2)
-        q1, q2 = self.critic(
-            self._features(self.critic_cnn, prepare_image(batch.image, self.channels_last)),
-            batch.vector, batch.action)
+        q1, q2 = self.critic(self._features(self.critic_cnn, batch.image), batch.vector,
+                             batch.action)
         critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
         self._step(self.critic_optimizer, self.critic_params, critic_loss)
         with torch.no_grad():
-            self._record(0, critic_loss)
-            self._record(2, q1.detach().mean())
+            self._record('critic_loss', critic_loss)
+            self._record('q_mean', q1.detach().mean())
 
     def augment(self, batch: Batch) -> Batch:
         """DrQ-v2 random shift of the sampled stacks (obs and next obs drawn independently)."""
@@ -192,7 +198,7 @@ class TD3:
         ``backward(inputs=...)`` keeps the critic head's gradients untouched too.
         """
         cfg = self.config
-        image = prepare_image(batch.image, self.channels_last)
+        image = self._prepare(batch.image)
         with torch.no_grad():
             critic_features = self._features(self.critic_cnn, image)
         pre = self.actor.preactivation(self._features(self.actor_cnn, image), batch.vector)
@@ -207,7 +213,7 @@ class TD3:
             actor_loss = actor_loss + cfg.actor_saturation_penalty * pre.float().pow(2).mean()
         self._step(self.actor_optimizer, self.actor_params, actor_loss)
         with torch.no_grad():
-            self._record(1, actor_loss)
+            self._record('actor_loss', actor_loss)
 
     @torch.no_grad()
     def update_targets(self) -> None:
@@ -224,25 +230,31 @@ class TD3:
             torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip_norm, foreach=True)
         optimizer.step()
 
-    def _record(self, index: int, value: torch.Tensor) -> None:
-        self._metric_sums[index] += value.detach()
-        self._metric_counts[index] += 1
+    def _record(self, name: str, value: torch.Tensor) -> None:
+        """Add one value of metric ``name`` (on the device: no sync)."""
+        self._metric_sums[name] += value.detach()
+        self._metric_counts[name] += 1
+
+    def _reset_metrics(self) -> None:
+        for name in METRICS:
+            self._metric_sums[name].zero_()
+            self._metric_counts[name].zero_()
 
     def train(self, replay: ReplayBuffer, n_updates: int) -> dict[str, float]:
         """Run ``n_updates`` updates on batches from ``replay``; return mean metrics."""
-        self._metric_sums.zero_()
-        self._metric_counts.zero_()
+        self._reset_metrics()
         for _ in range(n_updates):
             self.update(replay.sample(self.config.batch_size, self.config.n_step,
                                       self.config.gamma))
         return self.pop_metrics()
 
     def pop_metrics(self) -> dict[str, float]:
-        """Means of the metrics since the last call (one device sync), then reset them."""
-        means = (self._metric_sums / self._metric_counts.clamp_min(1)).tolist()
-        counts = self._metric_counts.tolist()
-        self._metric_sums.zero_()
-        self._metric_counts.zero_()
+        """Mean of each metric since the last call, NaN if none (one device sync); then reset."""
+        sums = torch.stack([self._metric_sums[name] for name in METRICS])
+        counts = torch.stack([self._metric_counts[name] for name in METRICS])
+        means = (sums / counts.clamp_min(1)).tolist()
+        counts = counts.tolist()
+        self._reset_metrics()
         return {name: (float(m) if c else float('nan'))
                 for name, m, c in zip(METRICS, means, counts, strict=True)}
 
@@ -274,31 +286,27 @@ class TD3:
         learner; the learner is then unchanged. ``weights_only`` loads the networks only.
         """
         self.check_networks(state['networks'])
-        snapshot = None if weights_only else self.state_dict()
-        backup = self.network_state()
+        snapshot = {'networks': self.network_state()} if weights_only else self.state_dict()
         try:
-            self._load_networks(state['networks'])
-            if not weights_only:
-                self._load_optimizer(self.actor_optimizer, state['optimizers']['actor'],
-                                     self.config.actor_lr)
-                self._load_optimizer(self.critic_optimizer, state['optimizers']['critic'],
-                                     self.config.critic_lr)
-                self.total_it = int(state['total_it'])
-                self._set_noise_state(state['rng']['target_noise'])
-                if 'augment' in state['rng']:   # files before augmentation: keep the seed
-                    self.augment_generator.set_state(state['rng']['augment'])
-                # 'explore' (files before exploration moved to the actors) is ignored
+            self._load(state, weights_only)
         except Exception as exc:
-            self._load_networks(backup)
-            if snapshot is not None:
-                self._load_optimizer(self.actor_optimizer, snapshot['optimizers']['actor'],
-                                     self.config.actor_lr)
-                self._load_optimizer(self.critic_optimizer, snapshot['optimizers']['critic'],
-                                     self.config.critic_lr)
-                self.total_it = snapshot['total_it']
-                self.noise_generator.set_state(snapshot['rng']['target_noise'])
-                self.augment_generator.set_state(snapshot['rng']['augment'])
+            self._load(snapshot, weights_only)   # roll back: the same loader, our own state
             raise ValueError(f'cannot load learner state: {exc}') from exc
+
+    def _load(self, state: dict[str, Any], weights_only: bool) -> None:
+        """Copy a ``state_dict()`` in (unchecked; ``load_state_dict`` checks and rolls back)."""
+        self._load_networks(state['networks'])
+        if weights_only:
+            return
+        self._load_optimizer(self.actor_optimizer, state['optimizers']['actor'],
+                             self.config.actor_lr)
+        self._load_optimizer(self.critic_optimizer, state['optimizers']['critic'],
+                             self.config.critic_lr)
+        self.total_it = int(state['total_it'])
+        self._set_noise_state(state['rng']['target_noise'])
+        if 'augment' in state['rng']:   # files before augmentation: keep the seed
+            self.augment_generator.set_state(state['rng']['augment'])
+        # 'explore' (files before exploration moved to the actors) is ignored
 
     def _set_noise_state(self, generator_state: torch.Tensor) -> None:
         """Restore the target-noise generator; a state from another device type reseeds it."""
