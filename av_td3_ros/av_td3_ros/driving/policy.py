@@ -107,4 +107,3 @@ class Policy:
         vector_t = torch.as_tensor(vector, device=self.device)[None]
         action = self._forward(image_t, vector_t)[0]
         return action.float().cpu().numpy()
-
