@@ -130,29 +130,13 @@ def train_sb3(scenario: int, seed: int, env_steps: int, overrides: dict) -> dict
     """Train Stable-Baselines3 TD3 with the same networks and settings on the same env."""
     settings = {**PROFILE, **{k: v for k, v in overrides.items()
                               if k in ('exploration_noise', 'exploration_noise_beta')}}
-    import numpy as np
     from stable_baselines3 import TD3 as SB3TD3
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.logger import configure
-    from stable_baselines3.common.noise import ActionNoise
     import torch
     torch.set_num_threads(1)
-    from av_td3_ros.driving.exploration import ExplorationNoise
+    from vector_proxy import Noise   # ExplorationNoise behind SB3's ActionNoise (bench/)
     curve: list[dict] = []
-
-    class Noise(ActionNoise):
-        """The same exploration as ours (ExplorationNoise), reset at episode ends by SB3."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.noise = ExplorationNoise(2, np.random.default_rng(seed + 100),
-                                          settings['exploration_noise_beta'])
-
-        def __call__(self) -> np.ndarray:
-            return self.noise.sample(settings['exploration_noise'])
-
-        def reset(self) -> None:
-            self.noise.reset()
 
     class Curve(BaseCallback):
         def __init__(self) -> None:
@@ -179,7 +163,8 @@ def train_sb3(scenario: int, seed: int, env_steps: int, overrides: dict) -> dict
         tau=0.005, gamma=0.99, train_freq=(round(1 / upd), 'step'), gradient_steps=1,
         # n_steps stays 1: SB3 2.9's n-step buffer refuses Dict observations ("N-step returns
         # are not supported for Dict observation spaces yet")
-        action_noise=Noise(), policy_delay=2,
+        action_noise=Noise(settings['exploration_noise'], settings['exploration_noise_beta'],
+                           seed), policy_delay=2,
         target_policy_noise=0.2, target_noise_clip=0.5, seed=seed,
         device='cpu', policy_kwargs={
             'net_arch': [256, 256], 'share_features_extractor': False,
