@@ -45,7 +45,7 @@ def _measure(n_actors: int) -> dict:
 
     from av_td3_interfaces.msg import TrainerStats
     from av_td3_ros.ros.bringup import actor_roles, ProcessBringup
-    from av_td3_ros.ros.topics import TRAINER_STATS
+    from av_td3_ros.ros.common import TRAINER_STATS
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 

@@ -155,7 +155,7 @@ def _run_once(reliable: bool) -> np.ndarray:
         with open(log_path, 'w') as log:
             node = subprocess.Popen(
                 [sys.executable, '-m', 'av_td3_ros.ros.policy_node', '--ros-args',
-                 '-p', 'mode:=deploy', '-p', f'checkpoint_path:={policy_path}',
+                 '-p', 'train:=false', '-p', f'checkpoint_path:={policy_path}',
                  '-p', 'num_threads:=1', '-p', f'image_qos_reliability:={reliability}'],
                 env=env, stdout=log, stderr=subprocess.STDOUT)
             try:

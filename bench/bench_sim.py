@@ -64,7 +64,7 @@ def gym_steps_per_s(steps: int = GYM_STEPS) -> tuple[float, float]:
 def _trivial_controller():
     """A node answering each camera frame with a stamped control; ``arrivals`` times the frames."""
     from av_td3_interfaces.msg import VehicleControl
-    from av_td3_ros.ros.topics import VehicleTopics
+    from av_td3_ros.ros.common import VehicleTopics
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image

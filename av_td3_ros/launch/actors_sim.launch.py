@@ -39,7 +39,7 @@ def actor_nodes(context) -> list:
                  parameters=[sim_params, {'role_name': role}]),
             Node(package='av_td3_ros', executable='policy_node', name='av_td3_policy',
                  namespace=namespace, output='screen',
-                 parameters=[policy_params, {'mode': 'train', 'role_name': role}]),
+                 parameters=[policy_params, {'train': True, 'role_name': role}]),
         ]
     return nodes
 

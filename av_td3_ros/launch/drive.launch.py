@@ -13,8 +13,8 @@ Machines without ``ros2 launch`` (ROS 2 from PyPI wheels) run the same node and 
 import os
 
 from ament_index_python.packages import get_package_share_directory
+from av_td3_ros.ros.common import VehicleTopics
 from av_td3_ros.ros.dds import dds_environment
-from av_td3_ros.ros.topics import VehicleTopics
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
@@ -65,7 +65,7 @@ def generate_launch_description() -> LaunchDescription:
         Node(package='av_td3_ros', executable='policy_node', name='av_td3_policy',
              namespace=LaunchConfiguration('namespace'), output='screen',
              parameters=[LaunchConfiguration('params_file'),
-                         {'mode': 'deploy', 'checkpoint_path': checkpoint,
+                         {'train': False, 'checkpoint_path': checkpoint,
                           'control_output': control_output}],
              remappings=[(topic, LaunchConfiguration(name))
                          for name, (topic, _) in TOPICS.items()]),

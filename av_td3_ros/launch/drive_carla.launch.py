@@ -1,5 +1,5 @@
 """
-Drive (or, with mode:=train, act for training) in CARLA through carla-ros-bridge.
+Drive (or, with train:=true, act for training) in CARLA through carla-ros-bridge.
 
     ros2 launch av_td3_ros drive_carla.launch.py town:=Town01 \
         checkpoint_path:=$PWD/checkpoints/td3_step_20000.pth
@@ -9,7 +9,7 @@ seconds), carla_spawn_objects with config/carla_objects.json (the ego vehicle ``
 the 800x600 front RGB camera, collision and lane invasion sensors, odometry), the episode node
 (routes, step feedback, resets) and the policy node with control_output:=carla. Needs a running
 CARLA server (0.9.13-0.9.16), carla-ros-bridge built and sourced, and the carla wheel of the
-server's version; see docs/carla.md. train_carla.launch.py includes this file with mode:=train.
+server's version; see docs/carla.md. train_carla.launch.py includes this file with train:=true.
 """
 
 import os
@@ -39,8 +39,8 @@ ARGUMENTS = {
     'scenario': ('0', 'NPC traffic: 0 none, 1 light, 2 heavy'),
     'weather': ('', 'carla.WeatherParameters preset, e.g. ClearNoon; empty leaves it'),
     'seed': ('0', 'seed of starts, routes and traffic'),
-    'mode': ('deploy', 'policy mode: deploy (deterministic) or train (exploration noise, '
-             'transitions)'),
+    'train': ('false', 'false: deploy (deterministic policy); true: act for training '
+              '(exploration noise, transitions)'),
     'checkpoint_path': ('', 'checkpoint or policy export the policy node loads at start'),
     'episode_params': ('', 'parameter file of the episode node; empty = '
                        'config/carla_episode.yaml'),
@@ -84,7 +84,7 @@ def carla_actions(arg: dict) -> list:
         Node(package='av_td3_ros', executable='policy_node', name='av_td3_policy',
              output='screen', emulate_tty=True,
              parameters=[_share('config', 'policy.yaml'), {
-                 'mode': arg['mode'], 'control_output': 'carla', 'role_name': role,
+                 'train': arg['train'], 'control_output': 'carla', 'role_name': role,
                  'checkpoint_path': arg['checkpoint_path']}]),
     ]
 

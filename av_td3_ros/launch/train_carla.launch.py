@@ -1,5 +1,5 @@
 """
-Train in CARLA through carla-ros-bridge: drive_carla.launch.py with mode:=train, plus the trainer.
+Train in CARLA through carla-ros-bridge: drive_carla.launch.py with train:=true, plus the trainer.
 
     ros2 launch av_td3_ros train_carla.launch.py town:=Town01 scenario:=1
 
@@ -23,7 +23,7 @@ def generate_launch_description() -> LaunchDescription:
     # Arguments given on the command line (town:=..., scenario:=...) reach the included file.
     drive = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(os.path.join(share, 'launch', 'drive_carla.launch.py')),
-        launch_arguments={'mode': 'train'}.items())
+        launch_arguments={'train': 'true'}.items())
     trainer = Node(package='av_td3_ros', executable='trainer_node', name='av_td3_trainer',
                    output='screen', emulate_tty=True,
                    parameters=[os.path.join(share, 'config', 'trainer.yaml'),

@@ -51,7 +51,7 @@ def generate_launch_description() -> LaunchDescription:
         Node(package='av_td3_ros', executable='policy_node', name='av_td3_policy',
              output='screen',
              parameters=[LaunchConfiguration('policy_params_file'),
-                         {'mode': 'train', 'checkpoint_dir': checkpoint_dir}]),
+                         {'train': True, 'checkpoint_dir': checkpoint_dir}]),
         Node(package='av_td3_ros', executable='trainer_node', name='av_td3_trainer',
              output='screen',
              parameters=[LaunchConfiguration('trainer_params_file'),

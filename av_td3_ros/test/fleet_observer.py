@@ -14,7 +14,7 @@ import sys
 import time
 
 from av_td3_interfaces.msg import TrainerStats
-from av_td3_ros.ros.topics import DIAGNOSTICS, TRAINER_STATS, VehicleTopics
+from av_td3_ros.ros.common import DIAGNOSTICS, TRAINER_STATS, VehicleTopics
 from diagnostic_msgs.msg import DiagnosticArray
 import rclpy
 from rclpy.executors import ExternalShutdownException

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import time
 
-from av_td3_ros.ros.topics import VehicleTopics
+from av_td3_ros.ros.common import VehicleTopics
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry, Path
 import numpy as np

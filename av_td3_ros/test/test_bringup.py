@@ -28,7 +28,7 @@ def test_parse_set_reads_values_as_yaml():
 def test_precedence_node_yaml_then_params_files_then_fixed_then_set(tmp_path):
     first = tmp_path / 'first.yaml'
     first.write_text('/**/av_td3_policy:\n  ros__parameters:\n'
-                     '    input_timeout: 2.0\n    diagnostics_period: 3.0\n    mode: train\n')
+                     '    input_timeout: 2.0\n    diagnostics_period: 3.0\n    train: true\n')
     second = tmp_path / 'second.yaml'
     second.write_text('av_td3_policy:\n  ros__parameters:\n    diagnostics_period: 4.0\n')
     overrides = {'av_td3_policy': {'input_timeout': 5.0, 'autostart': False}}
@@ -36,12 +36,12 @@ def test_precedence_node_yaml_then_params_files_then_fixed_then_set(tmp_path):
     try:
         node = graph.nodes['av_td3_policy']
         value = {n: node.get_parameter(n).value for n in
-                 ('input_timeout', 'diagnostics_period', 'mode', 'control_output')}
+                 ('input_timeout', 'diagnostics_period', 'train', 'control_output')}
     finally:
         graph.shutdown()
     assert value == {'input_timeout': 5.0,          # --set beats the files
                      'diagnostics_period': 4.0,     # the later file beats the earlier one
-                     'mode': 'deploy',              # drive's fixed value beats the files
+                     'train': False,                # drive's fixed value beats the files
                      'control_output': 'native'}    # config/policy.yaml
 
 
@@ -76,7 +76,7 @@ def test_plan_of_several_actors_namespaces_each_pair_and_shares_the_trainer():
                               'car1/av_td3_policy', 'car1/av_td3_sim']
     assert by_key['car1/av_td3_sim'].params == {'role_name': 'car1', 'scenario': 1, 'seed': 4}
     assert by_key['car0/av_td3_sim'].params == {'role_name': 'car0', 'scenario': 1}
-    assert by_key['car0/av_td3_policy'].params == {'mode': 'train', 'role_name': 'car0'}
+    assert by_key['car0/av_td3_policy'].params == {'train': True, 'role_name': 'car0'}
     assert by_key['av_td3_trainer'].namespace == '' and 'role_name' not in \
         by_key['av_td3_trainer'].params
     # one actor with the default role: the names of DESIGN §4, role_name left to the files

@@ -23,7 +23,7 @@ from av_td3_ros.carla.episode import (
     enu_to_carla, EventLog, FrameSync, LaneGraph, LaneInvasionRecord, OdometrySample,
     plan_route, route_to_enu, RoutePlanningError)
 from av_td3_ros.driving.observation import wrap_angle
-from av_td3_ros.ros.topics import VehicleTopics
+from av_td3_ros.ros.common import VehicleTopics
 from av_td3_ros.sim.reward import (
     compute_reward, jerk_magnitude, load_reward_weights, StepMeasurements, TERM_NAMES)
 import carla_standin as cs

@@ -39,7 +39,7 @@ from av_td3_interfaces.msg import TrainerStats, Transition, VehicleControl
 from av_td3_interfaces.srv import SaveCheckpoint
 from av_td3_ros.formats.checkpoint import newest_checkpoint, read_checkpoint
 from av_td3_ros.ros.bringup import ProcessBringup
-from av_td3_ros.ros.topics import TRAINER_STATS, TRANSITIONS, VehicleTopics
+from av_td3_ros.ros.common import TRAINER_STATS, TRANSITIONS, VehicleTopics
 import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_harness import RosHarness, wait_for

@@ -34,7 +34,7 @@ from av_td3_ros.formats.checkpoint import save_checkpoint
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.td3 import TD3
 from av_td3_ros.ros.bringup import ProcessBringup
-from av_td3_ros.ros.topics import TRAINER_STATS, TRANSITIONS, VehicleTopics
+from av_td3_ros.ros.common import TRAINER_STATS, TRANSITIONS, VehicleTopics
 import numpy as np
 import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy

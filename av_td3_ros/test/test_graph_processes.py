@@ -19,7 +19,7 @@ from av_td3_interfaces.msg import TrainerStats, Transition
 from av_td3_interfaces.srv import SaveCheckpoint
 from av_td3_ros.driving.policy import Policy
 from av_td3_ros.ros.bringup import ProcessBringup
-from av_td3_ros.ros.topics import TRAINER_STATS, TRANSITIONS
+from av_td3_ros.ros.common import TRAINER_STATS, TRANSITIONS
 import numpy as np
 import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy

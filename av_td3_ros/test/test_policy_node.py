@@ -24,6 +24,7 @@ from av_td3_ros.formats.checkpoint import save_checkpoint
 from av_td3_ros.formats.policy_export import export_td3_policy
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.td3 import TD3
+from av_td3_ros.ros.common import NodeStartError
 from av_td3_ros.ros.policy_node import PolicyNode
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -527,7 +528,7 @@ def test_train_mode_pairs_transitions_takes_weights_and_honours_the_rate_limit(
     frames = [np.random.default_rng(10 + i).integers(0, 256, (84, 84), dtype=np.uint8)
               for i in range(40)]
     images = [image_msg(f, 'mono8') for f in frames]
-    start(mode='train', exploration_noise=0.0, seed=5, sync_timeout=2.0, actor_id='test_actor',
+    start(train=True, exploration_noise=0.0, seed=5, sync_timeout=2.0, actor_id='test_actor',
           input_timeout=1.0)
 
     def episode(episode_id: int, n: int, last: dict | None = None, repeat: int = -1):
@@ -630,23 +631,31 @@ def test_carla_output_needs_carla_msgs(start, capfd):
     try:
         import carla_msgs.msg  # noqa: F401
     except ImportError:
-        node = start(control_output='carla')
-        assert node.autostart_failed
+        with pytest.raises(NodeStartError, match='autostart failed'):
+            start(control_output='carla')
         assert 'control_output carla needs the carla_msgs package' in capfd.readouterr().err
     else:
         # A topic of its own: one process cannot carry two types on one topic (the twist test's).
         remap = ['--ros-args', '-r', f'{CONTROL}:=/test_policy/carla_control']
-        assert not start(control_output='carla', cli_args=remap).autostart_failed
+        assert start(control_output='carla', cli_args=remap)._active
 
 
 @pytest.mark.parametrize('params,says', [
-    ({'mode': 'race'}, 'parameter mode must be one of deploy, train'),
+    ({'mode': 'race'}, "parameter mode must be one of '', deploy, train"),
     ({'device': 'gpu0'}, 'parameter device: Invalid device string'),
     ({'odometry_sync': 'guess'}, 'parameter odometry_sync must be one of stamp, latest'),
-    ({'mode': 'train', 'trainer_stats_topic': 'bad topic!'}, 'Invalid topic name')])
+    ({'train': True, 'trainer_stats_topic': 'bad topic!'}, 'Invalid topic name')])
 def test_a_bad_configuration_is_refused_with_the_reason(start, capfd, params, says):
-    assert start(**params).autostart_failed
+    with pytest.raises(NodeStartError, match='autostart failed'):
+        start(**params)
     assert says in capfd.readouterr().err
+
+
+def test_the_deprecated_mode_parameter_still_works_and_says_so(start, capfd):
+    node = start(mode='train', train=False)
+    assert node._active and node._settings.train and node._transitions_pub is not None
+    assert ('parameter mode is deprecated: use train:=true (mode:=train taken)'
+            in capfd.readouterr().err)
 
 
 def test_without_autostart_a_lifecycle_manager_drives_it(

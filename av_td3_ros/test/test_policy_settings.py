@@ -1,13 +1,12 @@
 """The policy node's parameter table and its validation, without ROS."""
 
 from av_td3_ros.ros.policy_settings import (
-    actor_core, camera_qos_advice, descriptor, PARAMETERS, read_settings, STRING_ARRAY)
+    actor_core, camera_qos_advice, PARAMETERS, read_settings)
 import pytest
 
 
 def defaults() -> dict:
-    return {name: ([] if default == STRING_ARRAY else default)
-            for name, (default, _, _) in PARAMETERS.items()}
+    return PARAMETERS.defaults()
 
 
 def test_the_defaults_make_valid_settings():
@@ -20,7 +19,7 @@ def test_the_defaults_make_valid_settings():
 
 
 def test_values_are_translated():
-    value = defaults() | {'mode': 'train', 'image_qos_reliability': 'best_effort',
+    value = defaults() | {'train': True, 'image_qos_reliability': 'best_effort',
                           'image_qos_depth': 5, 'odometry_sync': 'latest', 'seed': 3,
                           'allowed_checkpoint_dirs': ['', '/models'], 'actor_id': 'me',
                           'role_name': 'car7'}
@@ -29,10 +28,19 @@ def test_values_are_translated():
     assert not settings.odometry_by_stamp and settings.seed == 3
     assert settings.allowed_dirs == ['/models'] and settings.actor_id == 'me'
     assert settings.topics.control == '/carla/car7/vehicle_control_cmd'
+    assert settings.deprecations == ()
+
+
+@pytest.mark.parametrize('mode,train', [('train', True), ('deploy', False)])
+def test_the_deprecated_mode_still_decides_and_says_so(mode, train):
+    settings = read_settings(defaults() | {'mode': mode, 'train': not train}, '/x')
+    assert settings.train is train
+    assert settings.deprecations == (
+        f'parameter mode is deprecated: use train:={str(train).lower()} (mode:={mode} taken)',)
 
 
 def test_the_actor_explores_as_the_settings_say():
-    value = defaults() | {'mode': 'train', 'exploration_noise': 0.3,
+    value = defaults() | {'train': True, 'exploration_noise': 0.3,
                           'exploration_noise_beta': 1.0, 'seed': 3}
     core = actor_core(read_settings(value, '/x'))
     assert core.train and core.exploration_std() == 0.3
@@ -40,7 +48,7 @@ def test_the_actor_explores_as_the_settings_say():
 
 
 @pytest.mark.parametrize('name,value,says', [
-    ('mode', 'race', 'mode must be one of deploy, train'),
+    ('mode', 'race', "mode must be one of '', deploy, train"),
     ('control_output', 'ackermann', 'control_output must be one of'),
     ('image_qos_reliability', 'sometimes', 'image_qos_reliability must be one of'),
     ('checkpoint_dir', '', 'checkpoint_dir must not be empty'),
@@ -54,7 +62,9 @@ def test_bad_values_are_refused_naming_the_parameter(name, value, says):
 
 
 def test_descriptors_carry_the_limits():
-    assert descriptor('mode').additional_constraints == 'one of: deploy, train'
+    descriptor = PARAMETERS.descriptor
+    assert descriptor('mode').additional_constraints == "one of: '', deploy, train"
+    assert 'deprecated, use train' in descriptor('mode').description
     timeout = descriptor('input_timeout').floating_point_range[0]
     assert (timeout.from_value, timeout.to_value) == (0.01, 60.0)
     depth = descriptor('image_qos_depth').integer_range[0]

@@ -1,5 +1,7 @@
 """The policy node's per-frame decisions without ROS: publish or hold, release, watchdog."""
 
+import time
+
 from av_td3_ros.driving.actor_core import ActorCore, Pose, route_from_points
 from av_td3_ros.driving.pairing import Frame, InputPairing
 from av_td3_ros.driving.policy_loader import StagedPolicy
@@ -58,8 +60,23 @@ def test_deploy_publishes_the_policy_action_and_logs_brake_changes():
     assert sent[-1] == (100 * MS, (0.25, 0.5)) and run.brake_reason is None
     assert run.policy_info is staged and run.stats.counts['frames_answered'] == 2
     assert [level for level, _ in log.lines] == ['warning', 'info']
-    run.repeat(sent[-1], 1.06)
+    run.on_image(100 * MS, GRAY, 1.06)          # the same frame re-published
     assert sent[-1] == (100 * MS, (0.25, 0.5)) and run.stats.counts['frames_repeated'] == 1
+
+
+def test_a_repeated_frame_gets_its_control_again_and_swaps_in_a_staged_policy():
+    run, sent, _, _ = responder()
+    run.use_policy(StagedPolicy(FixedPolicy(run.core.spec, [0.25, 0.5]), 3, 'p', 3, 'ab'))
+    run.on_odometry(100 * MS, POSE)
+    run.on_image(100 * MS, GRAY, time.monotonic())
+    assert sent == [(100 * MS, (0.25, 0.5))]
+    staged = StagedPolicy(FixedPolicy(run.core.spec, [0.1, 0.2]), 4, 'q', 4, 'cd')
+    run.on_image(100 * MS, GRAY, time.monotonic(), staged)
+    # the answer stays the one the frame got; the next frame gets the new policy
+    assert sent[-1] == (100 * MS, (0.25, 0.5)) and run.policy_info is staged
+    run.on_odometry(150 * MS, POSE)
+    run.on_image(150 * MS, GRAY, time.monotonic())
+    assert sent[-1] == (150 * MS, (0.1, 0.2)) and run.stats.counts['frames_answered'] == 2
 
 
 def test_a_staged_policy_is_not_lost_when_no_frame_is_answered():

@@ -8,9 +8,9 @@ import time
 
 from av_td3_interfaces.msg import StepFeedback, VehicleControl
 from av_td3_ros.apps.baseline import BaselineNode
+from av_td3_ros.ros.common import VehicleTopics
 from av_td3_ros.ros.executor import PooledExecutor
 from av_td3_ros.ros.sim_node import PARAMETERS, SimNode
-from av_td3_ros.ros.topics import VehicleTopics
 from av_td3_ros.sim.reward import TERM_NAMES
 from builtin_interfaces.msg import Time
 from nav_msgs.msg import Odometry, Path

@@ -28,7 +28,7 @@ import time
 from av_td3_interfaces.msg import StepFeedback, Transition
 from av_td3_ros.driving.observation import image_to_gray
 from av_td3_ros.ros.bringup import ProcessBringup
-from av_td3_ros.ros.topics import TRANSITIONS, VehicleTopics
+from av_td3_ros.ros.common import TRANSITIONS, VehicleTopics
 import numpy as np
 import pytest
 from ros_harness import RosHarness, wait_for

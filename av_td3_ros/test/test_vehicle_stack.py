@@ -35,7 +35,7 @@ from av_td3_ros.driving.policy import Policy
 from av_td3_ros.formats.policy_export import export_td3_policy
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.td3 import TD3
-from av_td3_ros.ros.topics import VehicleTopics
+from av_td3_ros.ros.common import VehicleTopics
 from geometry_msgs.msg import PoseStamped
 from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState

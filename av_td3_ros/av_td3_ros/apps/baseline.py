@@ -24,7 +24,7 @@ from av_td3_ros.driving.classical_controller import (
     BaselineConfig, EpisodeStats, evaluate, PurePursuitController, summarize)
 from av_td3_ros.driving.observation import (
     action_to_control, build_vector, ObservationError, ObservationSpec, Route, yaw_from_quaternion)
-from av_td3_ros.ros.topics import VehicleTopics
+from av_td3_ros.ros.common import VehicleTopics
 from nav_msgs.msg import Odometry, Path
 import numpy as np
 import rclpy

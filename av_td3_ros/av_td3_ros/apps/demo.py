@@ -38,7 +38,7 @@ from av_td3_interfaces.msg import StepFeedback, TrainerStats, Transition
 from av_td3_interfaces.srv import SaveCheckpoint
 from av_td3_ros.driving.classical_controller import PurePursuitController
 from av_td3_ros.ros.bringup import Bringup, config_dir
-from av_td3_ros.ros.topics import TRAINER_STATS, TRANSITIONS, VehicleTopics
+from av_td3_ros.ros.common import TRAINER_STATS, TRANSITIONS, VehicleTopics
 import numpy as np
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy

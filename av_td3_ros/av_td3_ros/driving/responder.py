@@ -17,7 +17,7 @@ import time
 from av_td3_ros.driving.actor_core import (
     ActorCore, BRAKE_ACTION, InsertBudget, NO_POLICY_REASON, stale_input_reason,
     TransitionData)
-from av_td3_ros.driving.pairing import Answer, InputPairing
+from av_td3_ros.driving.pairing import Answer, Frame, InputPairing
 from av_td3_ros.driving.policy_diagnostics import ActorStats
 from av_td3_ros.driving.policy_loader import build_policy, StagedPolicy
 
@@ -108,12 +108,32 @@ class Responder:
         self.stats.answered(self._clock(), frame.received, result.inference_s)
         self.note_brake(result.brake_reason)
 
-    def repeat(self, control, received: float) -> None:
-        """Answer a re-published frame with the control it already got (unless holding)."""
-        self.pairing.last_image = received
-        self.stats.counts['frames_repeated'] += 1
-        if self.held is None:
-            self._publish_control(control)
+    def on_image(self, stamp_ns: int, gray, received: float,
+                 staged: StagedPolicy | None = None) -> None:
+        """
+        Take a decoded camera frame: act once its odometry is there (maybe at once).
+
+        A frame re-published with a stamp already answered (a synchronous simulator that missed
+        our control) gets the control it already got, unless that control is held.
+        """
+        repeated = self.pairing.repeated(stamp_ns)
+        if repeated is not None:
+            self.use_policy(staged)
+            self.pairing.last_image = received
+            self.stats.counts['frames_repeated'] += 1
+            if self.held is None:
+                self._publish_control(repeated)
+            return
+        if self.pairing.pending is not None:        # overtaken before its odometry came
+            self.stats.counts['frames_superseded'] += 1
+        self.answer(self.pairing.on_image(Frame(stamp_ns, gray, received)), self._clock(),
+                    staged)
+
+    def on_odometry(self, stamp_ns: int, pose, staged: StagedPolicy | None = None) -> None:
+        """Take a validated pose: act on the frame it pairs with, if one waits for it."""
+        now = self._clock()
+        self.stats.odometry.add(now)
+        self.answer(self.pairing.on_odometry(stamp_ns, pose, now), now, staged)
 
     def on_stats(self, insert_allowance: int, now: float) -> None:
         """Renew the learner's budget; release a held control it now allows."""

@@ -26,7 +26,7 @@ from av_td3_ros.driving.actor_core import (
     ActorCore, BRAKE_ACTION, Feedback, OdometryBuffer, PolicyLike, Pose, pose_from_odometry,
     route_from_points, StepResult, TransitionData)
 from av_td3_ros.driving.observation import ObservationError, ObservationSpec
-from av_td3_ros.ros.topics import TRANSITIONS, VehicleTopics
+from av_td3_ros.ros.common import TRANSITIONS, VehicleTopics
 import numpy as np
 from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.interfaces import (

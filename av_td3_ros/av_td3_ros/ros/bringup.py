@@ -45,9 +45,9 @@ import time
 from typing import Any, TextIO
 
 from av_td3_ros.ros.allocator import keep_large_buffers
+from av_td3_ros.ros.common import check_role_name, DEFAULT_ROLE
 from av_td3_ros.ros.dds import dds_environment
 from av_td3_ros.ros.executor import PooledExecutor
-from av_td3_ros.ros.topics import check_role_name, DEFAULT_ROLE
 import rclpy
 from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException
@@ -79,17 +79,17 @@ TRAINER = NodeEntry('av_td3_trainer', 'trainer_node', 'av_td3_ros.ros.trainer_no
                     'TrainerNode', 'trainer.yaml')
 
 
-def _policy(mode: str) -> NodeEntry:
+def _policy(train: bool) -> NodeEntry:
     return NodeEntry('av_td3_policy', 'policy_node', 'av_td3_ros.ros.policy_node',
-                     'PolicyNode', 'policy.yaml', {'mode': mode}, per_actor=True)
+                     'PolicyNode', 'policy.yaml', {'train': train}, per_actor=True)
 
 
 # name -> the nodes of launch/<name>.launch.py
 CONFIGURATIONS: dict[str, tuple[NodeEntry, ...]] = {
-    'train_sim': (SIM, _policy('train'), TRAINER),
-    'actors_sim': (SIM, _policy('train')),
+    'train_sim': (SIM, _policy(train=True), TRAINER),
+    'actors_sim': (SIM, _policy(train=True)),
     'trainer': (TRAINER,),
-    'drive': (_policy('deploy'),),
+    'drive': (_policy(train=False),),
 }
 
 

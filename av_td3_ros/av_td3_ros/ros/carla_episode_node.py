@@ -31,8 +31,8 @@ from av_td3_ros.carla.episode import (
     CarlaEpisode, CarlaEpisodeConfig, CarlaSetupError, CollisionRecord, EpisodePlan, FrameSync,
     LaneInvasionRecord, OdometrySample, RoutePlanningError, StepOutcome)
 from av_td3_ros.driving.observation import yaw_from_quaternion
+from av_td3_ros.ros.common import DEFAULT_ROLE, VehicleTopics
 from av_td3_ros.ros.executor import PooledExecutor, spin_until_shutdown
-from av_td3_ros.ros.topics import DEFAULT_ROLE, VehicleTopics
 from av_td3_ros.sim.reward import load_reward_weights, TERM_NAMES
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry, Path

@@ -12,7 +12,6 @@ lifecycle_py; it configures and activates itself unless ``autostart:=false``.
 from __future__ import annotations
 
 import functools
-import sys
 import threading
 import time
 
@@ -20,29 +19,23 @@ from av_td3_interfaces.msg import PolicyWeights, StepFeedback, TrainerStats, Tra
 from av_td3_interfaces.srv import LoadCheckpoint
 from av_td3_ros.driving.actor_core import ActorCore, BRAKE_ACTION, Feedback
 from av_td3_ros.driving.observation import ObservationError
-from av_td3_ros.driving.pairing import Frame, InputPairing
+from av_td3_ros.driving.pairing import InputPairing
 from av_td3_ros.driving.policy_loader import PolicyLoader
 from av_td3_ros.driving.responder import Responder
 from av_td3_ros.formats.image_cdr import SerializedImageError
-from av_td3_ros.ros.allocator import keep_large_buffers
-from av_td3_ros.ros.executor import spin_until_shutdown
+from av_td3_ros.ros.common import (
+    camera_qos, DEEP_QOS, DIAGNOSTICS, LATCHED_QOS, LATEST_QOS, NodeStartError, POLICY_WEIGHTS,
+    RELIABLE_QOS, run_node, TRANSITIONS)
 from av_td3_ros.ros.policy_messages import (
     camera_frame, control_builder, diagnostics_message, odometry_pose, path_route, stamp_to_ns,
     transition_message)
 from av_td3_ros.ros.policy_settings import (
-    actor_core, camera_qos_advice, descriptor, PARAMETERS, read_settings, Settings,
-    STRING_ARRAY)
-from av_td3_ros.ros.topics import DIAGNOSTICS, POLICY_WEIGHTS, TRANSITIONS
+    actor_core, camera_qos_advice, PARAMETERS, read_settings, Settings)
 from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import Odometry, Path
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.exceptions import ParameterUninitializedException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
 from sensor_msgs.msg import Image
 import torch
@@ -89,9 +82,7 @@ class PolicyNode(LifecycleNode):
         self._busy = threading.RLock()         # held by inference callbacks and teardown
         self._loader = PolicyLoader()          # loads and weights are built on its thread
         super().__init__(node_name, **kwargs)
-        for name, (default, _, _) in PARAMETERS.items():
-            self.declare_parameter(name, Parameter.Type.STRING_ARRAY if default == STRING_ARRAY
-                                   else default, descriptor(name))
+        PARAMETERS.declare(self)
         self._settings: Settings | None = None
         self._core: ActorCore | None = None
         self._entities: list = []
@@ -101,32 +92,24 @@ class PolicyNode(LifecycleNode):
         # raise that failure out of spin().
         self.create_service(LoadCheckpoint, '~/load_checkpoint', self._on_load_checkpoint,
                             callback_group=MutuallyExclusiveCallbackGroup())
-        self.autostart_failed = False
         if self.get_parameter('autostart').value:
             ok = self.trigger_configure() == TransitionCallbackReturn.SUCCESS
-            ok = ok and self.trigger_activate() == TransitionCallbackReturn.SUCCESS
-            self.autostart_failed = not ok
-
-    # -- parameters ---------------------------------------------------------------------------
-
-    def _parameter(self, name: str):
-        try:
-            return self.get_parameter(name).value
-        except ParameterUninitializedException:
-            return []          # only the statically typed, unset string array lands here
+            if not (ok and self.trigger_activate() == TransitionCallbackReturn.SUCCESS):
+                self.destroy_node()
+                raise NodeStartError('autostart failed (see above)')
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            settings = read_settings(
-                {name: self._parameter(name) for name in PARAMETERS},
-                self.get_fully_qualified_name())
+            settings = read_settings(PARAMETERS.read(self), self.get_fully_qualified_name())
             control_type, self._build_control = control_builder(
                 settings.control_output, settings.twist_max_steer_angle)
         except ValueError as exc:
             self.get_logger().error(f'configuration failed: {exc}')
             return TransitionCallbackReturn.FAILURE
+        for deprecation in settings.deprecations:
+            self.get_logger().warning(deprecation)
         if settings.num_threads > 0:
             torch.set_num_threads(settings.num_threads)
         self._settings = settings
@@ -149,7 +132,7 @@ class PolicyNode(LifecycleNode):
             self.get_logger().error(f'configuration failed: {exc}')
             return TransitionCallbackReturn.FAILURE
         self.get_logger().info(
-            f'configured: mode {"train" if settings.train else "deploy"}, control_output '
+            f'configured: {"train" if settings.train else "deploy"}, control_output '
             f'{settings.control_output}, camera {self._image_sub.topic_name} '
             f'({"reliable" if settings.image_reliable else "best effort"}, depth '
             f'{settings.image_depth})')
@@ -167,39 +150,32 @@ class PolicyNode(LifecycleNode):
         # it returns, so in `infer` they would hold the frames back (in their own, loads, like
         # weights, are taken one at a time).
         infer = MutuallyExclusiveCallbackGroup()
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        deep = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
         topics = settings.topics
         self._control_pub = keep(self.create_lifecycle_publisher(control_type, topics.control,
-                                                                 reliable))
+                                                                 RELIABLE_QOS))
         self._diagnostics_pub = keep(self.create_lifecycle_publisher(
-            DiagnosticArray, DIAGNOSTICS, reliable))
+            DiagnosticArray, DIAGNOSTICS, RELIABLE_QOS))
         self._transitions_pub = keep(self.create_lifecycle_publisher(
-            Transition, TRANSITIONS, deep)) if settings.train else None
+            Transition, TRANSITIONS, DEEP_QOS)) if settings.train else None
         self._image_sub = keep(self.create_subscription(
-            Image, topics.image, self._on_image, QoSProfile(
-                history=HistoryPolicy.KEEP_LAST, depth=settings.image_depth,
-                reliability=(ReliabilityPolicy.RELIABLE if settings.image_reliable
-                             else ReliabilityPolicy.BEST_EFFORT)), callback_group=infer,
+            Image, topics.image, self._on_image,
+            camera_qos(settings.image_reliable, settings.image_depth), callback_group=infer,
             raw=True, event_callbacks=SubscriptionEventCallbacks(
                 incompatible_qos=self._on_image_qos_incompatible)))
-        keep(self.create_subscription(Odometry, topics.odometry, self._on_odometry, reliable,
-                                      callback_group=infer))
-        keep(self.create_subscription(Path, topics.waypoints, self._on_waypoints, latched,
+        keep(self.create_subscription(Odometry, topics.odometry, self._on_odometry,
+                                      RELIABLE_QOS, callback_group=infer))
+        keep(self.create_subscription(Path, topics.waypoints, self._on_waypoints, LATCHED_QOS,
                                       callback_group=infer))
         keep(self.create_subscription(StepFeedback, topics.step_feedback, self._on_feedback,
-                                      deep, callback_group=infer))
+                                      DEEP_QOS, callback_group=infer))
         if settings.train:
             keep(self.create_subscription(PolicyWeights, POLICY_WEIGHTS, self._on_weights,
-                                          latched,
+                                          LATCHED_QOS,
                                           callback_group=MutuallyExclusiveCallbackGroup()))
             # best effort matches any publisher; a lost stats message only delays a resume
             keep(self.create_subscription(
                 TrainerStats, settings.trainer_stats_topic, self._on_trainer_stats,
-                QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT),
-                callback_group=infer))
+                LATEST_QOS, callback_group=infer))
         keep(self.create_timer(WATCHDOG_PERIOD_S, self._on_watchdog, callback_group=infer))
         keep(self.create_timer(settings.diagnostics_period, self._publish_diagnostics,
                                callback_group=infer))
@@ -276,15 +252,7 @@ class PolicyNode(LifecycleNode):
             self.get_logger().warning(f'refused camera image: {exc}',
                                       throttle_duration_sec=LOG_THROTTLE_S)
             return
-        run = self._run
-        repeated = run.pairing.repeated(image.stamp_ns)
-        if repeated is not None:   # re-published (a synchronous simulator missed our control)
-            run.repeat(repeated, received)
-            return
-        if run.pairing.pending is not None:        # overtaken before its odometry came
-            run.stats.counts['frames_superseded'] += 1
-        answer = run.pairing.on_image(Frame(image.stamp_ns, gray, received))
-        run.answer(answer, time.monotonic(), self._loader.take())
+        self._run.on_image(image.stamp_ns, gray, received, self._loader.take())
 
     def _on_image_qos_incompatible(self, event) -> None:
         """Say once per incompatible camera publisher why its frames never arrive."""
@@ -302,10 +270,7 @@ class PolicyNode(LifecycleNode):
             self.get_logger().warning(f'refused odometry: {exc}',
                                       throttle_duration_sec=LOG_THROTTLE_S)
             return
-        now = time.monotonic()
-        self._run.stats.odometry.add(now)
-        answer = self._run.pairing.on_odometry(stamp_to_ns(msg.header.stamp), pose, now)
-        self._run.answer(answer, now, self._loader.take())
+        self._run.on_odometry(stamp_to_ns(msg.header.stamp), pose, self._loader.take())
 
     @_guarded(active=False)
     def _on_waypoints(self, msg: Path) -> None:
@@ -402,30 +367,10 @@ class PolicyNode(LifecycleNode):
             self._settings.actor_id, time.monotonic(), self.get_clock().now().to_msg()))
 
 
-def main(args=None) -> int:
+def main(args: list[str] | None = None) -> int:
     """Run the policy node (``ros2 run av_td3_ros policy_node``)."""
-    keep_large_buffers()
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = PolicyNode()
-        if node.autostart_failed:
-            node.get_logger().fatal('autostart failed (see above); exiting')
-            return 1
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        spin_until_shutdown(executor)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except rclpy.exceptions.ParameterException as exc:   # a value of the wrong type or range
-        print(f'[{NODE_NAME}] {exc}', file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(PolicyNode, NODE_NAME, args)
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,8 +1,8 @@
 """
 The policy node's parameters: one table (defaults, descriptions, limits) and their validation.
 
-No rclpy: the node declares each parameter of ``PARAMETERS`` with ``descriptor(name)`` and
-turns the values it reads into :class:`Settings` with ``read_settings``, once per configure.
+The node declares ``PARAMETERS`` (a :class:`~av_td3_ros.ros.common.ParameterTable`) and turns
+the values it reads into :class:`Settings` with ``read_settings``, once per configure.
 ``config/policy.yaml`` and the tests use the same table.
 """
 
@@ -13,28 +13,30 @@ import os
 import socket
 
 from av_td3_ros.driving.actor_core import ActorCore
+from av_td3_ros.ros.common import (
+    check_role_name, DEFAULT_ROLE, ParameterTable, STRING_ARRAY, TRAINER_STATS, VehicleTopics)
 from av_td3_ros.ros.policy_messages import CONTROL_OUTPUTS
-from av_td3_ros.ros.topics import check_role_name, DEFAULT_ROLE, TRAINER_STATS, VehicleTopics
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 import torch
 
-MODES = ('deploy', 'train')
+MODES = ('deploy', 'train')         # the deprecated ``mode`` parameter's values
 RELIABILITIES = ('reliable', 'best_effort')
 ODOMETRY_SYNCS = ('stamp', 'latest')
-STRING_ARRAY = 'string_array'      # the default of a statically typed, empty string array
 
 
 # name -> (default, description, (min, max) or allowed strings or None). One table, so that the
 # declarations, config/policy.yaml and the tests agree.
-PARAMETERS: dict[str, tuple] = {
+PARAMETERS = ParameterTable({
     'autostart': (True, 'configure and activate on start; false leaves the node unconfigured '
                   'for a lifecycle manager', None),
     'role_name': (DEFAULT_ROLE, "the vehicle's role name: camera, odometry, route and "
                   'control are /carla/<role_name>/..., step feedback '
                   '/av_td3/<role_name>/step_feedback (default role: /av_td3/step_feedback); '
                   'remap them to fit another stack', None),
-    'mode': ('deploy', 'deploy: deterministic policy; train: exploration noise, transitions '
-             'published, weights taken from policy_weights', MODES),
+    'train': (False, 'false: deploy, the deterministic policy; true: act for training '
+              '(exploration noise, transitions published, weights taken from policy_weights)',
+              None),
+    'mode': ('', 'deprecated, use train: deploy (train:=false) or train (train:=true); '
+             'empty: not given', ('', *MODES)),
     'checkpoint_path': ('', 'checkpoint (.pth v1 or legacy) or policy export (.safetensors) '
                         'loaded on configure; relative paths resolve against checkpoint_dir; '
                         'empty: none (deploy mode then holds the vehicle braked)', None),
@@ -78,7 +80,7 @@ PARAMETERS: dict[str, tuple] = {
     'trainer_stats_topic': (TRAINER_STATS, 'train mode: TrainerStats of the learner, '
                             'whose insert_allowance rate-limits this actor', None),
     'diagnostics_period': (1.0, 'seconds between /diagnostics messages', (0.1, 60.0)),
-}
+})
 
 
 @dataclass(frozen=True)
@@ -107,35 +109,22 @@ class Settings:
     actor_id: str
     trainer_stats_topic: str
     diagnostics_period: float
-
-
-def is_choice(limits) -> bool:
-    return isinstance(limits, tuple) and bool(limits) and isinstance(limits[0], str)
-
-
-def descriptor(name: str) -> ParameterDescriptor:
-    default, description, limits = PARAMETERS[name]
-    descriptor = ParameterDescriptor(description=description)
-    if is_choice(limits):
-        descriptor.additional_constraints = 'one of: ' + ', '.join(limits)
-    elif isinstance(limits, tuple) and isinstance(default, float):
-        descriptor.floating_point_range = [
-            FloatingPointRange(from_value=float(limits[0]), to_value=float(limits[1]))]
-    elif isinstance(limits, tuple):
-        descriptor.integer_range = [IntegerRange(from_value=limits[0], to_value=limits[1])]
-    return descriptor
+    deprecations: tuple[str, ...] = ()     # one log line each, said on configure
 
 
 def read_settings(value: dict, fully_qualified_name: str) -> Settings:
     """
     Validate the parameter values (name -> value); raise ValueError naming the bad one.
 
-    ``fully_qualified_name`` (the node's) makes the default ``actor_id``.
+    ``fully_qualified_name`` (the node's) makes the default ``actor_id``. The deprecated
+    ``mode``, when given, decides over ``train`` and says so in ``deprecations``.
     """
-    for name, (_, _, limits) in PARAMETERS.items():
-        if is_choice(limits) and value[name] not in limits:
-            raise ValueError(f'parameter {name} must be one of {", ".join(limits)}; '
-                             f'got {value[name]!r}')
+    value = PARAMETERS.validate(value)
+    train, deprecations = value['train'], ()
+    if value['mode']:
+        train = value['mode'] == 'train'
+        deprecations = (f'parameter mode is deprecated: use train:={str(train).lower()} '
+                        f'(mode:={value["mode"]} taken)',)
     if not value['checkpoint_dir']:
         raise ValueError('parameter checkpoint_dir must not be empty')
     check_role_name(value['role_name'])
@@ -150,7 +139,7 @@ def read_settings(value: dict, fully_qualified_name: str) -> Settings:
         f'{socket.gethostname()}:{os.getpid()}{fully_qualified_name}')
     return Settings(
         topics=VehicleTopics(value['role_name']),
-        train=value['mode'] == 'train',
+        train=train,
         checkpoint_path=value['checkpoint_path'],
         checkpoint_dir=value['checkpoint_dir'],
         allowed_dirs=[d for d in value['allowed_checkpoint_dirs'] if d],
@@ -170,7 +159,8 @@ def read_settings(value: dict, fully_qualified_name: str) -> Settings:
         seed=None if value['seed'] < 0 else value['seed'],
         actor_id=actor_id,
         trainer_stats_topic=value['trainer_stats_topic'],
-        diagnostics_period=value['diagnostics_period'])
+        diagnostics_period=value['diagnostics_period'],
+        deprecations=deprecations)
 
 
 def camera_qos_advice(topic: str, policy: str, reliable: bool) -> str:

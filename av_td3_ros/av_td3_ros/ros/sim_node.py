@@ -12,7 +12,7 @@ last one published is ignored as stale); after an episode ends the terminal fram
 the next control starts a new episode (step 0). The last frame is re-published every
 ``sync_timeout`` until a control answers it (controls that answer no frame do not postpone it), so
 a frame sent before the policy subscribed, or any one lost message, cannot deadlock the loop.
-Topics live under ``role_name`` (``av_td3_ros.ros.topics``). ``realtime`` mode: a
+Topics live under ``role_name`` (``av_td3_ros.ros.common``). ``realtime`` mode: a
 timer steps at 1 / fixed_delta_seconds with the latest control. ``~/reset`` starts a new episode.
 All simulation work runs on one worker thread, never on the executor serving the service.
 """
@@ -27,8 +27,8 @@ import time
 
 from av_td3_interfaces.msg import StepFeedback, VehicleControl
 from av_td3_ros.ros.allocator import keep_large_buffers
+from av_td3_ros.ros.common import check_role_name, DEFAULT_ROLE, VehicleTopics
 from av_td3_ros.ros.executor import spin_until_shutdown
-from av_td3_ros.ros.topics import check_role_name, DEFAULT_ROLE, VehicleTopics
 from av_td3_ros.sim.render import CameraConfig
 from av_td3_ros.sim.reward import compute_reward, load_reward_weights, RewardResult, TERM_NAMES
 from av_td3_ros.sim.world import Control, SCENARIO_NPCS, World

@@ -28,8 +28,8 @@ from av_td3_ros.learning.learner_loop import (
     WeightsUpdate)
 from av_td3_ros.ros.allocator import keep_large_buffers
 from av_td3_ros.ros.bags import BagError, STORAGES, TransitionBagWriter
+from av_td3_ros.ros.common import POLICY_WEIGHTS, TRANSITIONS
 from av_td3_ros.ros.executor import PooledExecutor, spin_until_shutdown
-from av_td3_ros.ros.topics import POLICY_WEIGHTS, TRANSITIONS
 from rcl_interfaces.msg import (
     FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType)
 import rclpy
