@@ -493,7 +493,7 @@ def test_config_file_sets_every_declared_parameter_and_nothing_else():
     params = config['/**/av_td3_carla_episode']['ros__parameters']
     declared = set(node.PARAMETERS) | set(node.TOPIC_PARAMETERS)
     assert set(params) == declared
-    for name, (default, _, _) in node.PARAMETERS.items():
+    for name, default in node.PARAMETERS.defaults().items():
         assert params[name] == default, name
     config_fields = set(CarlaEpisodeConfig.__dataclass_fields__)
     assert config_fields - declared <= {'fixed_delta_seconds', 'path_width_m', 'lookahead_m',

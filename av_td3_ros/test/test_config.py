@@ -102,4 +102,5 @@ def test_parameter_info_covers_every_scalar_field():
             assert info.min_value is not None and info.max_value is not None
             assert info.min_value <= info.default <= info.max_value
     assert 'nature' in infos['cnn'].description and 'legacy' in infos['cnn'].description
-    assert infos['gamma'][3:] == (0.0, 1.0)   # plain 5-tuple unpacking works
+    assert infos['gamma'].limits == (0.0, 1.0) and infos['gamma'].choices == ()
+    assert 'nature' in infos['cnn'].choices and infos['cnn'].limits == infos['cnn'].choices

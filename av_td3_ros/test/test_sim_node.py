@@ -189,7 +189,7 @@ def test_parameters_are_described_ranged_read_only_and_validated():
 def test_params_file_lists_every_parameter_with_its_default():
     path = pathlib.Path(__file__).resolve().parent.parent / 'config' / 'sim.yaml'
     params = yaml.safe_load(path.read_text())['/**/av_td3_sim']['ros__parameters']
-    assert params == {name: default for name, (default, _) in PARAMETERS.items()}
+    assert params == PARAMETERS.defaults()
     text = path.read_text()
     for name in PARAMETERS:     # every parameter is explained by a comment above it
         line = text.splitlines().index(next(ln for ln in text.splitlines()

@@ -22,7 +22,8 @@ from av_td3_ros.formats.checkpoint import save_checkpoint, sha256_file
 from av_td3_ros.formats.policy_export import export_td3_policy
 from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.td3 import TD3
-from av_td3_ros.ros.trainer_node import TrainerNode, WEIGHTS_QOS
+from av_td3_ros.ros.common import LATCHED_QOS, NodeStartError
+from av_td3_ros.ros.trainer_node import TrainerNode
 import numpy as np
 import pytest
 from ros_harness import episode_transitions, overrides, RosHarness, wait_for
@@ -80,7 +81,7 @@ def graph(tmp_path_factory):
 
     harness.client.create_subscription(TrainerStats, '/av_td3_trainer/stats', keep('stats'), 10)
     harness.client.create_subscription(PolicyWeights, '/av_td3/policy_weights', keep('weights'),
-                                       WEIGHTS_QOS)
+                                       LATCHED_QOS)
     publisher = harness.client.create_publisher(Transition, '/av_td3/transitions', 100)
     wait_for(lambda: publisher.get_subscription_count() > 0, 20, 'the trainer subscription')
     yield {'harness': harness, 'node': node, 'ckpt': ckpt, 'extra': extra, 'outside': outside,
@@ -321,7 +322,7 @@ def test_resume_latest_at_start_and_a_bad_resume_refuses_to_start(graph, tmp_pat
     for resume, reason in (('missing.pth', 'no such file'), ('latest', 'no checkpoint')):
         empty = tmp_path / 'empty'
         empty.mkdir(exist_ok=True)
-        with pytest.raises(Exception, match=reason):
+        with pytest.raises(NodeStartError, match=f'resume={resume}: .*{reason}'):
             TrainerNode(node_name='bad_resume', context=harness.context,
                         parameter_overrides=overrides({**SMALL, 'resume': resume,
                                                        'checkpoint_dir': str(empty)}))

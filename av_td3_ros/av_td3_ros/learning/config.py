@@ -31,6 +31,14 @@ class ParameterInfo(NamedTuple):
     description: str
     min_value: float | None   # None: unbounded
     max_value: float | None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def limits(self) -> tuple | None:
+        """``(min, max)`` of a number, the allowed strings of a choice, or ``None``."""
+        if self.min_value is not None or self.max_value is not None:
+            return self.min_value, self.max_value
+        return self.choices or None
 
 
 def _p(default: Any, description: str, lo: float | None = None, hi: float | None = None,
@@ -226,11 +234,9 @@ class TD3Config:
             if f.name in ('obs', 'hidden'):
                 continue
             meta = f.metadata
-            description = meta['description']
-            if meta['choices']:
-                description += f' (one of: {", ".join(meta["choices"])})'
             default = 0.0 if f.default is None else f.default
-            out.append(ParameterInfo(f.name, default, description, meta['min'], meta['max']))
+            out.append(ParameterInfo(f.name, default, meta['description'], meta['min'],
+                                     meta['max'], tuple(meta['choices'] or ())))
         return out
 
     def replace(self, **changes: Any) -> TD3Config:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import math
-import sys
 import threading
 import time
 from typing import Any
@@ -31,25 +30,23 @@ from av_td3_ros.carla.episode import (
     CarlaEpisode, CarlaEpisodeConfig, CarlaSetupError, CollisionRecord, EpisodePlan, FrameSync,
     LaneInvasionRecord, OdometrySample, RoutePlanningError, StepOutcome)
 from av_td3_ros.driving.observation import yaw_from_quaternion
-from av_td3_ros.ros.common import DEFAULT_ROLE, VehicleTopics
-from av_td3_ros.ros.executor import PooledExecutor, spin_until_shutdown
+from av_td3_ros.ros.common import (
+    camera_qos, DEFAULT_ROLE, LATCHED_QOS, ParameterTable, RELIABLE_QOS, reliable_qos, run_node,
+    VehicleTopics)
+from av_td3_ros.ros.executor import PooledExecutor
 from av_td3_ros.sim.reward import load_reward_weights, TERM_NAMES
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry, Path
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo
 from std_srvs.srv import Trigger
 
 NODE_NAME = 'av_td3_carla_episode'
 
-# name -> (default, description, numeric range or allowed strings)
-PARAMETERS: dict[str, tuple[Any, str, Any]] = {
+# every parameter but the topics; read once at start (read-only)
+PARAMETERS = ParameterTable({
     'host': ('localhost', 'CARLA server host (the one the bridge connects to)', None),
     'port': (2000, 'CARLA server RPC port', (1, 65535)),
     'timeout_s': (10.0, 'carla client RPC timeout', (0.5, 600.0)),
@@ -96,7 +93,7 @@ PARAMETERS: dict[str, tuple[Any, str, Any]] = {
     'camera_qos_reliability': ('reliable', 'camera_info subscription reliability (DESIGN §4)',
                                ('reliable', 'best_effort')),
     'camera_qos_depth': (10, 'camera_info subscription queue depth (keep-last)', (1, 1000)),
-}
+}, read_only=True)
 
 # per-role topic parameters: name -> (VehicleTopics attribute, description); empty (the
 # default) takes the role's topic, so a role_name given at launch moves them all
@@ -110,18 +107,6 @@ TOPIC_PARAMETERS = {
     'step_feedback_topic': ('step_feedback', 'StepFeedback output topic (default role: '
                             '/av_td3/step_feedback, else /av_td3/<role_name>/step_feedback)'),
 }
-
-
-def _descriptor(description: str, limits: Any) -> ParameterDescriptor:
-    descriptor = ParameterDescriptor(description=description)
-    if isinstance(limits, tuple) and isinstance(limits[0], float):
-        descriptor.floating_point_range = [
-            FloatingPointRange(from_value=limits[0], to_value=limits[1])]
-    elif isinstance(limits, tuple) and isinstance(limits[0], int):
-        descriptor.integer_range = [IntegerRange(from_value=limits[0], to_value=limits[1])]
-    elif isinstance(limits, tuple):
-        descriptor.additional_constraints = 'one of: ' + ', '.join(limits)
-    return descriptor
 
 
 def _stamp_seconds(stamp: Any) -> float:
@@ -141,23 +126,17 @@ class CarlaEpisodeNode(Node):
     def __init__(self, carla: Any, carla_msgs: Any, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         self._carla = carla
-        value = {}
-        for name, (default, description, limits) in PARAMETERS.items():
-            value[name] = self.declare_parameter(
-                name, default, _descriptor(description, limits)).value
+        PARAMETERS.declare(self)
+        value = PARAMETERS.read(self)
         role = value['role_name']
         topics = VehicleTopics(role)
         for name, (attribute, description) in TOPIC_PARAMETERS.items():
             default = getattr(topics, attribute)
             value[name] = self.declare_parameter(
-                name, '', ParameterDescriptor(description=f'{description}; empty: {default}')
+                name, '', ParameterDescriptor(description=f'{description}; empty: {default}',
+                                              read_only=True)
             ).value or default
         self._p = value
-        for name, (_, _, limits) in PARAMETERS.items():
-            if isinstance(limits, tuple) and isinstance(limits[0], str) \
-                    and value[name] not in limits:
-                raise ValueError(f'parameter {name} must be one of {limits}, got '
-                                 f'{value[name]!r}')
         config = CarlaEpisodeConfig(**{
             name: value[name] for name in CarlaEpisodeConfig.__dataclass_fields__
             if name in value})
@@ -171,28 +150,22 @@ class CarlaEpisodeNode(Node):
         self.feedback_count = 0
         self.last_plan: EpisodePlan | None = None
 
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        camera_qos = QoSProfile(
-            history=HistoryPolicy.KEEP_LAST, depth=value['camera_qos_depth'],
-            reliability=(ReliabilityPolicy.RELIABLE
-                         if value['camera_qos_reliability'] == 'reliable'
-                         else ReliabilityPolicy.BEST_EFFORT))
         inputs = MutuallyExclusiveCallbackGroup()
-        self._path_pub = self.create_publisher(Path, value['waypoints_topic'], latched)
+        self._path_pub = self.create_publisher(Path, value['waypoints_topic'], LATCHED_QOS)
         self._feedback_pub = self.create_publisher(
-            StepFeedback, value['step_feedback_topic'], reliable)
-        self.create_subscription(CameraInfo, value['camera_info_topic'], self._on_camera_info,
-                                 camera_qos, callback_group=inputs)
+            StepFeedback, value['step_feedback_topic'], RELIABLE_QOS)
+        self.create_subscription(
+            CameraInfo, value['camera_info_topic'], self._on_camera_info,
+            camera_qos(value['camera_qos_reliability'] == 'reliable', value['camera_qos_depth']),
+            callback_group=inputs)
+        # 50 Hz odometry against 20 Hz frames: room for a frame's worth of poses
         self.create_subscription(Odometry, value['odometry_topic'], self._on_odometry,
-                                 QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE),
-                                 callback_group=inputs)
+                                 reliable_qos(50), callback_group=inputs)
         self.create_subscription(carla_msgs.CarlaCollisionEvent, value['collision_topic'],
-                                 self._on_collision, reliable, callback_group=inputs)
+                                 self._on_collision, RELIABLE_QOS, callback_group=inputs)
         self.create_subscription(carla_msgs.CarlaLaneInvasionEvent,
                                  value['lane_invasion_topic'], self._on_lane_invasion,
-                                 reliable, callback_group=inputs)
+                                 RELIABLE_QOS, callback_group=inputs)
         self.create_service(Trigger, '~/reset', self._on_reset,
                             callback_group=MutuallyExclusiveCallbackGroup())
         self.get_logger().info(
@@ -412,26 +385,11 @@ def _import_bridge_modules() -> tuple[Any, Any]:
 
 
 def main(args: list[str] | None = None) -> int:
+    """Run the episode node (``ros2 run av_td3_ros carla_episode_node``)."""
     carla, carla_msgs = _import_bridge_modules()
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = CarlaEpisodeNode(carla, carla_msgs)
-        executor = PooledExecutor(num_threads=2)
-        executor.add_node(node)
-        spin_until_shutdown(executor)
-    except (ValueError, ParameterException) as exc:
-        print(f'{NODE_NAME}: {exc}', file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    return run_node(lambda: CarlaEpisodeNode(carla, carla_msgs), NODE_NAME, args,
+                    lambda: PooledExecutor(num_threads=2))
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    raise SystemExit(main())

@@ -26,21 +26,16 @@ import threading
 import time
 
 from av_td3_interfaces.msg import StepFeedback, VehicleControl
-from av_td3_ros.ros.allocator import keep_large_buffers
-from av_td3_ros.ros.common import check_role_name, DEFAULT_ROLE, VehicleTopics
-from av_td3_ros.ros.executor import spin_until_shutdown
+from av_td3_ros.ros.common import (
+    camera_qos, check_role_name, DEFAULT_ROLE, LATCHED_QOS, ParameterTable, RELIABLE_QOS,
+    run_node, VehicleTopics)
 from av_td3_ros.sim.render import CameraConfig
 from av_td3_ros.sim.reward import compute_reward, load_reward_weights, RewardResult, TERM_NAMES
 from av_td3_ros.sim.world import Control, SCENARIO_NPCS, World
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry, Path
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                ParameterType)
-import rclpy
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float32
 from std_srvs.srv import Trigger
@@ -53,47 +48,28 @@ RELIABILITIES = ('reliable', 'best_effort')
 EPOCH_S = 1_000_000
 
 
-def _int(description: str, lo: int, hi: int) -> ParameterDescriptor:
-    return ParameterDescriptor(type=ParameterType.PARAMETER_INTEGER, description=description,
-                               read_only=True,
-                               integer_range=[IntegerRange(from_value=lo, to_value=hi, step=1)])
-
-
-def _float(description: str, lo: float, hi: float) -> ParameterDescriptor:
-    return ParameterDescriptor(type=ParameterType.PARAMETER_DOUBLE, description=description,
-                               read_only=True,
-                               floating_point_range=[FloatingPointRange(from_value=lo,
-                                                                        to_value=hi, step=0.0)])
-
-
-def _str(description: str) -> ParameterDescriptor:
-    return ParameterDescriptor(type=ParameterType.PARAMETER_STRING, description=description,
-                               read_only=True)
-
-
-# name -> (default, descriptor); every parameter of the node, with its range
-PARAMETERS = {
-    'role_name': (DEFAULT_ROLE, _str("the vehicle's role name: its topics are "
-                                     '/carla/<role_name>/... and its step feedback '
-                                     '/av_td3/<role_name>/step_feedback (default role: '
-                                     '/av_td3/step_feedback), as carla-ros-bridge names them')),
-    'scenario': (0, _int('traffic: 0 empty road, 1 light traffic, 2 heavy traffic', 0, 2)),
-    'seed': (0, _int('seed of the road and of the episodes (same seed, same run)', 0,
-                     2 ** 31 - 1)),
-    'camera_width': (800, _int('camera image width in pixels (CARLA default 800)', 16, 4096)),
-    'camera_height': (600, _int('camera image height in pixels (CARLA default 600)', 16, 4096)),
-    'camera_fov': (90.0, _float('camera horizontal field of view, degrees', 10.0, 170.0)),
-    'mode': ('synchronous', _str('synchronous: one step per control command (like CARLA '
-                                 'synchronous mode); realtime: a timer steps the world')),
-    'fixed_delta_seconds': (0.05, _float('simulated seconds per step (20 Hz)', 0.005, 1.0)),
-    'max_episode_steps': (1000, _int('episode truncated after this many steps', 1, 1_000_000)),
-    'sync_timeout': (1.0, _float('synchronous mode: re-publish the last frame when no control '
-                                 'arrives within this many seconds', 0.05, 60.0)),
-    'reward_config': ('', _str('reward weights YAML (empty: the packaged config/reward.yaml)')),
-    'image_qos_reliability': ('reliable', _str('camera publisher reliability: reliable or '
-                                               'best_effort (DESIGN §4: reliable)')),
-    'image_qos_depth': (1, _int('camera publisher queue depth (keep-last)', 1, 100)),
-}
+# every parameter of the node, with its range; read once (read-only)
+PARAMETERS = ParameterTable({
+    'role_name': (DEFAULT_ROLE, "the vehicle's role name: its topics are "
+                  '/carla/<role_name>/... and its step feedback /av_td3/<role_name>/step_feedback '
+                  '(default role: /av_td3/step_feedback), as carla-ros-bridge names them'),
+    'scenario': (0, 'traffic: 0 empty road, 1 light traffic, 2 heavy traffic',
+                 (min(SCENARIO_NPCS), max(SCENARIO_NPCS))),
+    'seed': (0, 'seed of the road and of the episodes (same seed, same run)', (0, 2 ** 31 - 1)),
+    'camera_width': (800, 'camera image width in pixels (CARLA default 800)', (16, 4096)),
+    'camera_height': (600, 'camera image height in pixels (CARLA default 600)', (16, 4096)),
+    'camera_fov': (90.0, 'camera horizontal field of view, degrees', (10.0, 170.0)),
+    'mode': ('synchronous', 'synchronous: one step per control command (like CARLA '
+             'synchronous mode); realtime: a timer steps the world', MODES),
+    'fixed_delta_seconds': (0.05, 'simulated seconds per step (20 Hz)', (0.005, 1.0)),
+    'max_episode_steps': (1000, 'episode truncated after this many steps', (1, 1_000_000)),
+    'sync_timeout': (1.0, 'synchronous mode: re-publish the last frame when no control '
+                     'arrives within this many seconds', (0.05, 60.0)),
+    'reward_config': ('', 'reward weights YAML (empty: the packaged config/reward.yaml)'),
+    'image_qos_reliability': ('reliable', 'camera publisher reliability (DESIGN §4: reliable)',
+                              RELIABILITIES),
+    'image_qos_depth': (1, 'camera publisher queue depth (keep-last)', (1, 100)),
+}, read_only=True)
 
 
 @dataclass(frozen=True)
@@ -114,30 +90,15 @@ class SimSettings:
 
 def read_settings(node: Node) -> SimSettings:
     """Read and validate the parameters; raise ValueError naming the bad one."""
-    p = {name: node.get_parameter(name).value for name in PARAMETERS}
+    p = PARAMETERS.read(node)
     check_role_name(p['role_name'])
-    if p['scenario'] not in SCENARIO_NPCS:
-        raise ValueError(f'scenario must be one of {sorted(SCENARIO_NPCS)}, got {p["scenario"]}')
-    if p['mode'] not in MODES:
-        raise ValueError(f'mode must be one of {MODES}, got {p["mode"]!r}')
-    if p['image_qos_reliability'] not in RELIABILITIES:
-        raise ValueError(f'image_qos_reliability must be one of {RELIABILITIES}, '
-                         f'got {p["image_qos_reliability"]!r}')
-    for name, (_, desc) in PARAMETERS.items():
-        for r in list(desc.integer_range) + list(desc.floating_point_range):
-            if not r.from_value <= p[name] <= r.to_value:
-                raise ValueError(f'{name} must be in [{r.from_value}, {r.to_value}], '
-                                 f'got {p[name]}')
-    reliability = (ReliabilityPolicy.RELIABLE if p['image_qos_reliability'] == 'reliable'
-                   else ReliabilityPolicy.BEST_EFFORT)
     return SimSettings(
         topics=VehicleTopics(p['role_name']), scenario=p['scenario'], seed=p['seed'],
         camera=CameraConfig(width=p['camera_width'], height=p['camera_height'],
                             fov_deg=p['camera_fov']),
         mode=p['mode'], dt=p['fixed_delta_seconds'], max_episode_steps=p['max_episode_steps'],
         sync_timeout=p['sync_timeout'], reward_config=p['reward_config'],
-        image_qos=QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=p['image_qos_depth'],
-                             reliability=reliability))
+        image_qos=camera_qos(p['image_qos_reliability'] == 'reliable', p['image_qos_depth']))
 
 
 def _quaternion(yaw: float) -> tuple[float, float, float, float]:
@@ -149,8 +110,7 @@ class SimNode(Node):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        for name, (default, descriptor) in PARAMETERS.items():
-            self.declare_parameter(name, default, descriptor)
+        PARAMETERS.declare(self)
         try:
             self.settings = read_settings(self)
             s = self.settings
@@ -159,17 +119,15 @@ class SimNode(Node):
         except ValueError:
             super().destroy_node()        # leave nothing behind: the caller gets the reason
             raise
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
         topics = s.topics
         self._pub_image = self.create_publisher(Image, topics.image, s.image_qos)
         self._pub_info = self.create_publisher(CameraInfo, topics.camera_info, s.image_qos)
-        self._pub_odom = self.create_publisher(Odometry, topics.odometry, reliable)
-        self._pub_speed = self.create_publisher(Float32, topics.speedometer, reliable)
-        self._pub_path = self.create_publisher(Path, topics.waypoints, latched)
-        self._pub_feedback = self.create_publisher(StepFeedback, topics.step_feedback, reliable)
-        self.create_subscription(VehicleControl, topics.control, self._on_control, reliable)
+        self._pub_odom = self.create_publisher(Odometry, topics.odometry, RELIABLE_QOS)
+        self._pub_speed = self.create_publisher(Float32, topics.speedometer, RELIABLE_QOS)
+        self._pub_path = self.create_publisher(Path, topics.waypoints, LATCHED_QOS)
+        self._pub_feedback = self.create_publisher(StepFeedback, topics.step_feedback,
+                                                   RELIABLE_QOS)
+        self.create_subscription(VehicleControl, topics.control, self._on_control, RELIABLE_QOS)
         self.create_service(Trigger, '~/reset', self._on_reset)
         self._camera_info = self._make_camera_info()
         self._queue: queue.Queue = queue.Queue()
@@ -413,25 +371,10 @@ class SimNode(Node):
         super().destroy_node()
 
 
-def main(args=None) -> None:
-    keep_large_buffers()
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SimNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        spin_until_shutdown(executor)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ValueError, ParameterException) as exc:   # bad parameters: one clear line
-        print(f'[{NODE_NAME}] configuration error: {exc}', flush=True)
-        raise SystemExit(2) from None
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+def main(args: list[str] | None = None) -> int:
+    """Run the simulator node (``ros2 run av_td3_ros sim_node``)."""
+    return run_node(SimNode, NODE_NAME, args)
 
 
 if __name__ == '__main__':
-    main()
+    raise SystemExit(main())

@@ -11,14 +11,13 @@ refused outside the allowed directories, nothing changed on failure), fresh weig
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 from av_td3_interfaces.msg import PolicyWeights, TrainerStats, Transition
 from av_td3_interfaces.srv import LoadCheckpoint, SaveCheckpoint
-from av_td3_ros.driving.observation import ObservationSpec
+from av_td3_ros.driving.observation import IMAGE_SCALINGS, ObservationSpec
 from av_td3_ros.formats.checkpoint import (
     CheckpointError, CheckpointInfo, find_checkpoint, remove_stale_temp_files,
     resolve_checkpoint_path)
@@ -26,60 +25,69 @@ from av_td3_ros.learning.config import TD3Config
 from av_td3_ros.learning.learner_loop import (
     Learner, LearnerOptions, LearnerStats, MODES, TensorBoardLog,
     WeightsUpdate)
-from av_td3_ros.ros.allocator import keep_large_buffers
 from av_td3_ros.ros.bags import BagError, STORAGES, TransitionBagWriter
-from av_td3_ros.ros.common import POLICY_WEIGHTS, TRANSITIONS
-from av_td3_ros.ros.executor import PooledExecutor, spin_until_shutdown
-from rcl_interfaces.msg import (
-    FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType)
-import rclpy
+from av_td3_ros.ros.common import (
+    LATCHED_QOS, NodeStartError, ParameterTable, POLICY_WEIGHTS, RELIABLE_QOS, reliable_qos,
+    run_node, STRING_ARRAY, TRANSITIONS)
+from av_td3_ros.ros.executor import PooledExecutor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import serialize_message
 
 NODE_NAME = 'av_td3_trainer'
-INT64_MAX = 2**63 - 1
-
-# transient-local depth 1: an actor that starts late still receives the latest weights
-WEIGHTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                         reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 # The observation spec is part of the learner config (and of every checkpoint); declared as
 # obs.<field> so that YAML can nest it under ``obs:``.
 OBS_PARAMETERS = {
-    'frame_stack': ('grayscale frames stacked per observation', 1, 16),
-    'image_size': ('side of the square gray frame in pixels (84 in DESIGN §5)', 36, 1024),
-    'n_waypoints': ('route waypoints in the vector (25 in DESIGN §5)', 1, 1000),
-    'waypoint_spacing_m': ('distance between route waypoints in metres', 0.01, 1000.0),
+    'frame_stack': ('grayscale frames stacked per observation', (1, 16)),
+    'image_size': ('side of the square gray frame in pixels (84 in DESIGN §5)', (36, 1024)),
+    'n_waypoints': ('route waypoints in the vector (25 in DESIGN §5)', (1, 1000)),
+    'waypoint_spacing_m': ('distance between route waypoints in metres', (0.01, 1000.0)),
     'image_scaling': ('network input scaling: zero_one (x/255) or minus_one_one (legacy)',
-                      None, None),
-    'speed_scale': ('speed divisor of the vector (m/s)', 0.01, 1e6),
-    'lateral_scale': ('lateral deviation divisor of the vector (m)', 0.01, 1e6),
-    'waypoint_scale': ('waypoint coordinate divisor of the vector (m)', 0.01, 1e6),
+                      IMAGE_SCALINGS),
+    'speed_scale': ('speed divisor of the vector (m/s)', (0.01, 1e6)),
+    'lateral_scale': ('lateral deviation divisor of the vector (m)', (0.01, 1e6)),
+    'waypoint_scale': ('waypoint coordinate divisor of the vector (m)', (0.01, 1e6)),
+}
+
+NODE_PARAMETERS = {
+    'checkpoint_dir': ('checkpoints', 'directory of checkpoints: relative save/load paths '
+                       'resolve against it, empty save path writes td3_step_<total_it>.pth here'),
+    'allowed_checkpoint_dirs': (STRING_ARRAY, 'further directories the services may read and '
+                                'write (besides checkpoint_dir)'),
+    'keep_checkpoints': (5, 'periodic checkpoints kept (oldest deleted; 0 keeps all)',
+                         (0, 1_000_000)),
+    'broadcast_every': (100, 'updates between weight broadcasts on /av_td3/policy_weights',
+                        (1, 1_000_000_000)),
+    'stats_period': (1.0, 'seconds between ~/stats messages and TensorBoard points',
+                     (0.01, 3600.0)),
+    'tensorboard_dir': ('', 'TensorBoard log directory (empty: no TensorBoard logs)'),
+    'resume': ('', 'checkpoint to resume from at start: a path, "latest" (newest in '
+               'checkpoint_dir) or empty (start fresh)'),
+    'mode': ('synchronous', 'synchronous: keep samples_per_insert (actors wait on the insert '
+             'allowance); realtime: update as fast as possible', MODES),
+    'record_bag': ('', 'rosbag2 file to record every received transition to (empty: no '
+                   'recording)'),
+    'record_bag_storage': ('mcap', 'storage of record_bag', STORAGES),
+    'transition_queue_depth': (1000, 'depth of the reliable transitions subscription',
+                               (1, 1_000_000)),
 }
 
 
-def _descriptor(name: str, value: Any, description: str, lo: float | None = None,
-                hi: float | None = None) -> ParameterDescriptor:
-    """Build a read-only descriptor (read at start) with the numeric range where there is one."""
-    descriptor = ParameterDescriptor(name=name, description=description, read_only=True)
-    if isinstance(value, bool) or (lo is None and hi is None):
-        return descriptor
-    if isinstance(value, int):
-        descriptor.integer_range = [IntegerRange(
-            from_value=-INT64_MAX - 1 if lo is None else int(lo),
-            to_value=INT64_MAX if hi is None else int(hi), step=1)]
-    elif isinstance(value, float):
-        descriptor.floating_point_range = [FloatingPointRange(
-            from_value=-math.inf if lo is None else float(lo),
-            to_value=math.inf if hi is None else float(hi), step=0.0)]
-    return descriptor
+def _parameter_table() -> ParameterTable:
+    """Every parameter, read once at start: TD3Config's fields, obs.*, hidden, the node's."""
+    spec = ObservationSpec()
+    params = {info.name: (info.default, info.description, info.limits)
+              for info in TD3Config.parameter_info()}
+    params |= {f'obs.{field}': (getattr(spec, field), description, limits)
+               for field, (description, limits) in OBS_PARAMETERS.items()}
+    params['hidden'] = (list(TD3Config().hidden),
+                        'hidden layer sizes of the actor and of each critic head')
+    return ParameterTable(params | NODE_PARAMETERS, read_only=True)
+
+
+PARAMETERS = _parameter_table()
 
 
 class TrainerNode(Node):
@@ -87,9 +95,10 @@ class TrainerNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(kwargs.pop('node_name', NODE_NAME), **kwargs)
-        self._declare_parameters()
+        PARAMETERS.declare(self)
+        self._params = PARAMETERS.read(self)
         self.config = self._read_config()
-        self.checkpoint_dir = Path(self._param('checkpoint_dir')).expanduser().resolve()
+        self.checkpoint_dir = Path(self._params['checkpoint_dir']).expanduser().resolve()
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         # a save killed half way (SIGKILL, power loss) leaves its temp files behind
         removed = remove_stale_temp_files(self.checkpoint_dir)
@@ -97,30 +106,30 @@ class TrainerNode(Node):
             self.get_logger().warning(
                 f'removed {len(removed)} leftover temp file(s) of interrupted checkpoint '
                 f'writes in {self.checkpoint_dir}: {", ".join(p.name for p in removed[:5])}')
-        self.allowed_dirs = [d for d in self._string_list('allowed_checkpoint_dirs') if d]
-        self.stats_period = self._param('stats_period')
+        self.allowed_dirs = [d for d in self._params['allowed_checkpoint_dirs'] if d]
+        self.stats_period = self._params['stats_period']
 
-        self._weights_pub = self.create_publisher(PolicyWeights, POLICY_WEIGHTS, WEIGHTS_QOS)
-        self._stats_pub = self.create_publisher(TrainerStats, '~/stats', 10)
+        self._weights_pub = self.create_publisher(PolicyWeights, POLICY_WEIGHTS, LATCHED_QOS)
+        self._stats_pub = self.create_publisher(TrainerStats, '~/stats', RELIABLE_QOS)
         self.learner = Learner(
             self.config,
-            LearnerOptions(checkpoint_dir=str(self.checkpoint_dir), mode=self._param('mode'),
-                           broadcast_every=self._param('broadcast_every'),
-                           keep_checkpoints=self._param('keep_checkpoints')),
+            LearnerOptions(checkpoint_dir=str(self.checkpoint_dir), mode=self._params['mode'],
+                           broadcast_every=self._params['broadcast_every'],
+                           keep_checkpoints=self._params['keep_checkpoints']),
             on_weights=self._publish_weights, on_checkpoint=self._on_checkpoint,
             on_error=self._on_learner_error, on_unblock=self._publish_stats)
-        tensorboard_dir = self._param('tensorboard_dir')
+        tensorboard_dir = self._params['tensorboard_dir']
         self._tensorboard = TensorBoardLog(tensorboard_dir) if tensorboard_dir else None
         self._transition_sinks: list = []
         self._bag: TransitionBagWriter | None = None
-        record_bag = self._param('record_bag')
+        record_bag = self._params['record_bag']
         if record_bag:
             self._transition_sinks.append(self._open_bag_recorder(record_bag))
 
         # A fresh learner broadcasts nothing until its first broadcast_every updates: until
         # then actors explore with uniform random actions (TD3's warm-up of learning_starts
         # transitions). A resumed one broadcasts the loaded weights at once (Learner.load).
-        resume = self._param('resume')
+        resume = self._params['resume']
         if resume:
             info = self._resume(resume)
             self.get_logger().info(
@@ -130,9 +139,7 @@ class TrainerNode(Node):
         # inserts, and the learner itself runs on its own thread.
         self._transition_sub = self.create_subscription(
             Transition, TRANSITIONS, self._on_transition,
-            QoSProfile(history=HistoryPolicy.KEEP_LAST,
-                       depth=self._param('transition_queue_depth'),
-                       reliability=ReliabilityPolicy.RELIABLE),
+            reliable_qos(self._params['transition_queue_depth']),
             callback_group=MutuallyExclusiveCallbackGroup())
         services = MutuallyExclusiveCallbackGroup()
         self.create_service(SaveCheckpoint, '~/save_checkpoint', self._save_checkpoint,
@@ -144,77 +151,19 @@ class TrainerNode(Node):
             callback_group=MutuallyExclusiveCallbackGroup())
         self.learner.start()
         self.get_logger().info(
-            f'learning in {self._param("mode")} mode: batch {self.config.batch_size}, '
+            f'learning in {self._params["mode"]} mode: batch {self.config.batch_size}, '
             f'learning_starts {self.config.learning_starts}, samples_per_insert '
             f'{self.config.samples_per_insert:g}, checkpoints in {self.checkpoint_dir}')
 
     # ----------------------------------------------------------------------------- parameters
-    def _declare_parameters(self) -> None:
-        for name, default, description, lo, hi in TD3Config.parameter_info():
-            self.declare_parameter(name, default, _descriptor(name, default, description, lo, hi))
-        spec = ObservationSpec()
-        for field, (description, lo, hi) in OBS_PARAMETERS.items():
-            name = f'obs.{field}'
-            default = getattr(spec, field)
-            self.declare_parameter(name, default, _descriptor(name, default, description, lo, hi))
-        hidden = list(TD3Config().hidden)
-        self.declare_parameter('hidden', hidden, ParameterDescriptor(
-            name='hidden', description='hidden layer sizes of the actor and of each critic head',
-            read_only=True))
-        node_parameters = [
-            ('checkpoint_dir', 'checkpoints', 'directory of checkpoints: relative save/load '
-             'paths resolve against it, empty save path writes td3_step_<total_it>.pth here'),
-            ('allowed_checkpoint_dirs', Parameter.Type.STRING_ARRAY, 'further directories '
-             'the services may read and write (besides checkpoint_dir)'),
-            ('keep_checkpoints', 5, 'periodic checkpoints kept (oldest deleted; 0 keeps all)',
-             0, 1_000_000),
-            ('broadcast_every', 100, 'updates between weight broadcasts on '
-             '/av_td3/policy_weights', 1, 1_000_000_000),
-            ('stats_period', 1.0, 'seconds between ~/stats messages and TensorBoard points',
-             0.01, 3600.0),
-            ('tensorboard_dir', '', 'TensorBoard log directory (empty: no TensorBoard logs)'),
-            ('resume', '', 'checkpoint to resume from at start: a path, "latest" (newest in '
-             'checkpoint_dir) or empty (start fresh)'),
-            ('mode', 'synchronous', f'synchronous: keep samples_per_insert (actors wait on '
-             f'the insert allowance); realtime: update as fast as possible (one of: '
-             f'{", ".join(MODES)})'),
-            ('record_bag', '', 'rosbag2 file to record every received transition to '
-             '(empty: no recording)'),
-            ('record_bag_storage', 'mcap', f'storage of record_bag (one of: '
-             f'{", ".join(STORAGES)})'),
-            ('transition_queue_depth', 1000, 'depth of the reliable transitions subscription',
-             1, 1_000_000),
-        ]
-        for name, default, description, *bounds in node_parameters:
-            if default is Parameter.Type.STRING_ARRAY:
-                descriptor = ParameterDescriptor(
-                    name=name, description=description, read_only=True,
-                    type=ParameterType.PARAMETER_STRING_ARRAY)
-            else:
-                descriptor = _descriptor(name, default, description, *bounds)
-            self.declare_parameter(name, default, descriptor)
-
-    def _param(self, name: str) -> Any:
-        return self.get_parameter(name).value
-
-    def _string_list(self, name: str) -> list[str]:
-        """Return a string-array parameter; an empty YAML list ([]) arrives unset."""
-        parameter = self.get_parameter_or(name, Parameter(name, value=[]))
-        if parameter.type_ == Parameter.Type.NOT_SET:
-            return []
-        return list(parameter.value)
-
     def _read_config(self) -> TD3Config:
         """Build the TD3Config from the parameters; an invalid combination stops the node."""
-        data: dict[str, Any] = {info[0]: self._param(info[0])
+        data: dict[str, Any] = {info.name: self._params[info.name]
                                 for info in TD3Config.parameter_info()}
-        data['obs'] = {field: self._param(f'obs.{field}') for field in OBS_PARAMETERS}
-        data['hidden'] = tuple(self._param('hidden'))
+        data['obs'] = {field: self._params[f'obs.{field}'] for field in OBS_PARAMETERS}
+        data['hidden'] = tuple(self._params['hidden'])
         if data.get('grad_clip_norm') == 0.0:
             data['grad_clip_norm'] = None
-        mode = self._param('mode')
-        if mode not in MODES:
-            raise ValueError(f'parameter mode must be one of {MODES}, got {mode!r}')
         try:
             return TD3Config.from_dict(data)
         except (TypeError, ValueError) as exc:
@@ -241,7 +190,7 @@ class TrainerNode(Node):
 
     def _open_bag_recorder(self, path: str):
         """Return a transition sink writing to a rosbag2 file (the record_bag hook)."""
-        storage = self._param('record_bag_storage')
+        storage = self._params['record_bag_storage']
         try:
             self._bag = TransitionBagWriter(Path(path).expanduser(), storage,
                                             self.resolve_topic_name(TRANSITIONS))
@@ -323,14 +272,13 @@ class TrainerNode(Node):
 
     # ----------------------------------------------------------------------------- services
     def _resume(self, resume: str) -> CheckpointInfo:
-        if resume == 'latest':
-            try:
-                path = find_checkpoint('', self.checkpoint_dir, self.allowed_dirs)
-            except CheckpointError as exc:
-                raise ValueError(f'resume=latest: {exc}') from None
-        else:
-            path = find_checkpoint(resume, self.checkpoint_dir, self.allowed_dirs)
-        return self.learner.load(path)
+        """Load the checkpoint to resume from; one that cannot be read stops the start."""
+        try:
+            path = find_checkpoint('' if resume == 'latest' else resume, self.checkpoint_dir,
+                                   self.allowed_dirs)
+            return self.learner.load(path)
+        except (CheckpointError, OSError) as exc:
+            raise NodeStartError(f'resume={resume}: {exc}') from None
 
     def _save_checkpoint(self, request: SaveCheckpoint.Request,
                          response: SaveCheckpoint.Response) -> SaveCheckpoint.Response:
@@ -389,27 +337,11 @@ class TrainerNode(Node):
         super().destroy_node()
 
 
-def main(args: list[str] | None = None) -> None:
-    """Run the trainer node until shut down."""
-    keep_large_buffers()
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = TrainerNode()
-        executor = PooledExecutor(num_threads=max(4, (os.cpu_count() or 2)))
-        executor.add_node(node)
-        spin_until_shutdown(executor)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ValueError, CheckpointError, ParameterException) as exc:
-        print(f'[av_td3_trainer] cannot start: {exc}', flush=True)
-        raise SystemExit(1) from None
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+def main(args: list[str] | None = None) -> int:
+    """Run the trainer node (``ros2 run av_td3_ros trainer_node``)."""
+    return run_node(TrainerNode, NODE_NAME, args,
+                    lambda: PooledExecutor(num_threads=max(4, os.cpu_count() or 2)))
 
 
 if __name__ == '__main__':
-    main()
+    raise SystemExit(main())
