@@ -24,13 +24,12 @@ from av_td3_ros.driving.classical_controller import (
     BaselineConfig, EpisodeStats, evaluate, PurePursuitController, summarize)
 from av_td3_ros.driving.observation import (
     action_to_control, build_vector, ObservationError, ObservationSpec, Route, yaw_from_quaternion)
-from av_td3_ros.ros.common import VehicleTopics
+from av_td3_ros.ros.common import camera_qos, LATCHED_QOS, RELIABLE_QOS, VehicleTopics
 from nav_msgs.msg import Odometry, Path
 import numpy as np
 import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 TOPICS = VehicleTopics()
@@ -97,15 +96,12 @@ class BaselineNode(Node):
         self._pending: object | None = None       # header of a frame waiting for its odometry
         self._current: EpisodeStats | None = None
         self._last_stamp_s: float | None = None
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self._pub = self.create_publisher(VehicleControl, TOPICS.control, reliable)
-        self.create_subscription(Path, TOPICS.waypoints, self._on_path, latched)
-        self.create_subscription(Odometry, TOPICS.odometry, self._on_odometry, reliable)
-        self.create_subscription(StepFeedback, TOPICS.step_feedback, self._on_feedback, reliable)
-        self.create_subscription(Image, TOPICS.image, self._on_image,
-                                 QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+        self._pub = self.create_publisher(VehicleControl, TOPICS.control, RELIABLE_QOS)
+        self.create_subscription(Path, TOPICS.waypoints, self._on_path, LATCHED_QOS)
+        self.create_subscription(Odometry, TOPICS.odometry, self._on_odometry, RELIABLE_QOS)
+        self.create_subscription(StepFeedback, TOPICS.step_feedback, self._on_feedback,
+                                 RELIABLE_QOS)
+        self.create_subscription(Image, TOPICS.image, self._on_image, camera_qos(True, 1))
 
     @property
     def done(self) -> bool:

@@ -38,10 +38,10 @@ from av_td3_interfaces.msg import StepFeedback, TrainerStats, Transition
 from av_td3_interfaces.srv import SaveCheckpoint
 from av_td3_ros.driving.classical_controller import PurePursuitController
 from av_td3_ros.ros.bringup import Bringup, config_dir
-from av_td3_ros.ros.common import TRAINER_STATS, TRANSITIONS, VehicleTopics
+from av_td3_ros.ros.common import (
+    DEEP_QOS, RELIABLE_QOS, TRAINER_STATS, TRANSITIONS, VehicleTopics)
 import numpy as np
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 import yaml
 
 EVAL_SEED_BASE = 10_000          # evaluation seeds; training uses the sim's own seed stream
@@ -106,13 +106,11 @@ class DemoMonitor(Node):
         self._return = 0.0
         self._steps = 0
         self._last_key: tuple[int, int] | None = None
-        reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
-                              reliability=ReliabilityPolicy.RELIABLE)
         self.create_subscription(StepFeedback, VehicleTopics().step_feedback, self._on_feedback,
-                                 reliable)
-        self.create_subscription(TrainerStats, TRAINER_STATS, self._on_stats, 10)
+                                 DEEP_QOS)
+        self.create_subscription(TrainerStats, TRAINER_STATS, self._on_stats, RELIABLE_QOS)
         self.save_client = self.create_client(SaveCheckpoint, '/av_td3_trainer/save_checkpoint')
-        self.transitions = self.create_publisher(Transition, TRANSITIONS, reliable)
+        self.transitions = self.create_publisher(Transition, TRANSITIONS, DEEP_QOS)
 
     def _on_feedback(self, msg: StepFeedback) -> None:
         with self._lock:

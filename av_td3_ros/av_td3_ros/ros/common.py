@@ -1,5 +1,5 @@
 """
-What every node shares: topic names, QoS profiles, the parameter table and ``main()``.
+What every node shares: topic names, QoS profiles, the parameter table, ``main()``.
 
 - **Topic names** (DESIGN §4), for nodes, tools, launch files and tests. Per-vehicle topics live
   under the vehicle's ``role_name``, as carla-ros-bridge names its ego vehicles:
@@ -10,6 +10,8 @@ What every node shares: topic names, QoS profiles, the parameter table and ``mai
 - **Parameters**: a node lists its parameters once, in a :class:`ParameterTable` (default,
   description, range or allowed values); the table declares them with their descriptors and reads
   them back validated, and the YAML files and the tests use the same table.
+- **Worker threads**: :func:`worker_result`, how a callback awaits a job on a worker thread
+  without blocking the executor (loads, weight reviews).
 - **main()**: :func:`run_node`, the one shape of every node's entry point (ros2/demos
   ``talker.py``: init, the node, spin until shutdown, destroy, shutdown).
 """
@@ -17,6 +19,7 @@ What every node shares: topic names, QoS profiles, the parameter table and ``mai
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+import concurrent.futures
 from dataclasses import dataclass
 import math
 import re
@@ -32,6 +35,7 @@ from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedE
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.task import Future
 
 DEFAULT_ROLE = 'ego_vehicle'
 TRANSITIONS = '/av_td3/transitions'
@@ -251,6 +255,31 @@ class ParameterTable(Mapping[str, Param]):
                 if (lo is not None and value < lo) or (hi is not None and value > hi):
                     raise ValueError(f'parameter {name} must be in [{lo}, {hi}]; got {value}')
         return dict(values)
+
+
+# -- worker threads -----------------------------------------------------------------------------
+
+async def worker_result(executor: Executor, job: concurrent.futures.Future) -> Any:
+    """
+    Await a worker thread's job in a callback; return its result or raise its exception.
+
+    The awaiting callback leaves the executor thread free meanwhile. The done callback of
+    the rclpy future is what wakes the executor when the job ends: rclpy resumes an awaiting
+    coroutine only when its wait set wakes, which a future set from another thread does not do
+    by itself.
+    """
+    done = Future(executor=executor)
+    done.add_done_callback(lambda _: None)
+
+    def settle(job: concurrent.futures.Future) -> None:
+        if job.cancelled():
+            done.set_exception(RuntimeError('the node is shutting down'))
+        elif job.exception() is not None:
+            done.set_exception(job.exception())
+        else:
+            done.set_result(job.result())
+    job.add_done_callback(settle)
+    return await done
 
 
 # -- main() -------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from av_td3_ros.driving.responder import Responder
 from av_td3_ros.formats.image_cdr import SerializedImageError
 from av_td3_ros.ros.common import (
     camera_qos, DEEP_QOS, DIAGNOSTICS, LATCHED_QOS, LATEST_QOS, NodeStartError, POLICY_WEIGHTS,
-    RELIABLE_QOS, run_node, TRANSITIONS)
+    RELIABLE_QOS, run_node, TRANSITIONS, worker_result)
 from av_td3_ros.ros.policy_messages import (
     camera_frame, control_builder, diagnostics_message, odometry_pose, path_route, stamp_to_ns,
     transition_message)
@@ -36,23 +36,12 @@ from nav_msgs.msg import Odometry, Path
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.task import Future
 from sensor_msgs.msg import Image
 import torch
 
 NODE_NAME = 'av_td3_policy'
 WATCHDOG_PERIOD_S = 0.05
 LOG_THROTTLE_S = 2.0
-
-
-def _settle(future: Future, job) -> None:
-    """Hand the outcome of a worker job to the rclpy future that a callback awaits."""
-    if job.cancelled():
-        future.set_exception(RuntimeError('the node is shutting down'))
-    elif job.exception() is not None:
-        future.set_exception(job.exception())
-    else:
-        future.set_result(job.result())
 
 
 def _guarded(active: bool = True):
@@ -304,9 +293,9 @@ class PolicyNode(LifecycleNode):
         if generation is None:
             return
         try:
-            outcome, why = await self._in_worker(
+            outcome, why = await worker_result(self.executor, self._loader.submit(
                 self._loader.take_weights, msg.format, msg.data.tobytes(), msg.sha256,
-                msg.version, msg.total_it, POLICY_WEIGHTS, generation)
+                msg.version, msg.total_it, POLICY_WEIGHTS, generation))
         except Exception as exc:  # bad bytes must not take the node down
             self._run.stats.counts['weights_refused'] += 1
             self.get_logger().error(f'refused policy weights version {msg.version}: {exc}')
@@ -324,22 +313,6 @@ class PolicyNode(LifecycleNode):
     def _on_watchdog(self) -> None:
         self._run.on_tick(time.monotonic(), self._now_ns(), self._loader.take())
 
-    # -- worker thread ------------------------------------------------------------------------
-
-    async def _in_worker(self, function, *args):
-        """
-        Run ``function(*args)`` on the worker thread; return its result or raise its exception.
-
-        The awaiting callback leaves the executor thread free meanwhile. The done callback of
-        the future is what wakes the executor when the job ends: rclpy resumes an awaiting
-        coroutine only when its wait set wakes, which a future set from another thread does not
-        do by itself.
-        """
-        done = Future(executor=self.executor)
-        done.add_done_callback(lambda _: None)
-        self._loader.submit(function, *args).add_done_callback(functools.partial(_settle, done))
-        return await done
-
     # -- service ------------------------------------------------------------------------------
 
     async def _on_load_checkpoint(self, request: LoadCheckpoint.Request,
@@ -349,8 +322,9 @@ class PolicyNode(LifecycleNode):
         if generation is None:
             response.success, response.message = False, 'the node is not configured'
             return response
-        response.success, response.message, staged = await self._in_worker(
-            self._loader.serve_request, request.path, generation)
+        response.success, response.message, staged = await worker_result(
+            self.executor, self._loader.submit(self._loader.serve_request, request.path,
+                                               generation))
         if response.success:
             response.total_it, response.sha256 = staged.total_it, staged.sha256
             self.get_logger().info(f'~/load_checkpoint: {response.message}')
