@@ -72,7 +72,6 @@ class Policy:
                    hashlib.sha256(bytes(data)).hexdigest(), device, source=source)
 
     @torch.inference_mode()
-    @torch.inference_mode()
     def prepare(self) -> None:
         """
         Warm up at batch 1 now, on the loader's thread, not on the first camera frame.
