@@ -8,7 +8,8 @@ by the image stamp it echoes. It runs twice: a reliable camera (the node's defau
 best-effort one (sensor-data QoS, as CARLA's ROS 2 camera and most camera drivers publish) with
 the node's matching ``image_qos_reliability:=best_effort``. Both processes use the project's Fast
 DDS profile (config/fastdds.xml: shared memory with a segment large enough for camera images;
-with the LARGE_DATA builtin transport alone, odometry beside the images stalls for up to 0.5 s).
+with the LARGE_DATA builtin transport alone, odometry beside the images stalls; measured:
+docs/bench.md#design-measurements).
 """
 
 import array

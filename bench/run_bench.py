@@ -12,8 +12,8 @@ import sys
 import time
 
 # Before torch loads OpenMP: spinning worker threads collapse on a shared 2-core machine
-# (measured 5-15x slower); passive waiting costs nothing when the cores are free. Applies to
-# ours and the peer alike (same process).
+# (measured: docs/bench.md#design-measurements); passive waiting costs nothing when the cores
+# are free. Applies to ours and the peer alike (same process).
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import torch

@@ -486,8 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     wall_start = time.monotonic()
     # Before torch loads: OpenMP threads that spin while waiting make a 2-thread learner and
-    # batch-1 inference several times slower whenever the cores are shared (measured: 47 ms vs
-    # 3 ms per inference on a loaded 2-core machine); passive waiting costs nothing when idle.
+    # batch-1 inference several times slower whenever the cores are shared (measured:
+    # docs/bench.md#design-measurements); passive waiting costs nothing when idle.
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     results = args.results.resolve()
     results.mkdir(parents=True, exist_ok=True)

@@ -39,9 +39,9 @@ class ExplorationNoise:
     """
     Per-step action noise of one actor, times a std the caller schedules.
 
-    ``beta`` 0 draws ``rng.normal`` each step (the white Gaussian noise of TD3, the same draws as
-    before colored noise existed); ``beta`` > 0 draws a ``horizon``-step colored sequence at each
-    ``reset`` (episode start) and walks along it, drawing the next one if an episode outlasts it.
+    ``beta`` 0 draws ``rng.normal`` each step (the white Gaussian noise of TD3, one draw per
+    step); ``beta`` > 0 draws a ``horizon``-step colored sequence at each ``reset`` (episode
+    start) and walks along it, drawing the next one if an episode outlasts it.
     """
 
     def __init__(self, dims: int, rng: np.random.Generator, beta: float = 0.0,

@@ -105,10 +105,10 @@ def image_to_gray(data, width: int, height: int, encoding: str, step: int = 0,
     gray = pixels[:, :, 0] if conversion is None else cv2.cvtColor(pixels, conversion)
     if gray.shape == (size, size):
         return np.ascontiguousarray(gray)
-    # OpenCV's area resize is ~3x faster at an exact factor of 2 than at a fractional one
-    # (800x600 -> 84x84: 0.5 vs 1.5 ms), so halve large frames first: the result differs from
-    # a one-step area resize by rounding only (at most 1 gray level) while the halved frame
-    # keeps at least 3 pixels per output pixel.
+    # OpenCV's area resize is much faster at an exact factor of 2 than at a fractional one
+    # (measured: docs/bench.md#design-measurements), so halve large frames first: the result
+    # differs from a one-step area resize by rounding only (at most 1 gray level) while the
+    # halved frame keeps at least 3 pixels per output pixel.
     while gray.shape[0] % 2 == gray.shape[1] % 2 == 0 and min(gray.shape) >= 6 * size:
         gray = cv2.resize(gray, (gray.shape[1] // 2, gray.shape[0] // 2),
                           interpolation=cv2.INTER_AREA)
@@ -255,7 +255,8 @@ def build_vector(route: Route, x: float, y: float, yaw: float, speed: float,
 
 def action_to_control(action) -> tuple[float, float, float]:
     """Map an action [steer, throttle_brake] to (steer, throttle, brake), clipped to range."""
-    # min/max on floats: np.clip on scalars costs ~10x more, and this runs every step
+    # min/max on floats: np.clip on scalars costs far more, and this runs every step
+    # (measured: docs/bench.md#design-measurements)
     steer = min(max(float(action[0]), -1.0), 1.0)
     throttle_brake = min(max(float(action[1]), -1.0), 1.0)
     return steer, max(throttle_brake, 0.0), max(-throttle_brake, 0.0)

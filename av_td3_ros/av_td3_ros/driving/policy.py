@@ -76,10 +76,10 @@ class Policy:
         """
         Warm up at batch 1 now, on the loader's thread, not on the first camera frame.
 
-        The first calls make oneDNN (or CUDA) pick and set up its kernels. A TorchScript-frozen
-        graph was tried here too (0.3 ms less per act at a 20 Hz pace under emulated AVX2) and
-        removed: every trace kept ~5 MB for good, so a training actor that takes fresh weights
-        every few seconds grew by 1.3 GB in the 20-minute soak test.
+        The first calls make oneDNN (or CUDA) pick and set up its kernels. No TorchScript-frozen
+        graph: it saves little per act, but every trace keeps memory for good, so a training
+        actor that takes fresh weights every few seconds would grow without bound (measured:
+        docs/bench.md#design-measurements).
         """
         rng = np.random.default_rng(0)
         image = torch.as_tensor(rng.integers(0, 256, self.spec.image_shape, dtype=np.uint8),

@@ -1,9 +1,10 @@
 """
 Zero-copy reader of a serialized ``sensor_msgs/Image`` (the bytes of a raw subscription).
 
-Why: rclpy's generic deserialisation of an 800x600 bgra8 image costs ~2 ms on this machine's
-CPU (it builds the Python message and copies the 1.9 MB pixel array into it); the policy node
-needs only the header, the size, the encoding and a read-only view of the pixels. The layout is
+Why: rclpy's generic deserialisation of an 800x600 bgra8 image costs milliseconds (it builds
+the Python message and copies the 1.9 MB pixel array into it; measured:
+docs/bench.md#design-measurements); the policy node needs only the header, the size, the
+encoding and a read-only view of the pixels. The layout is
 fixed by the message definition and OMG CDR (XCDR1, and XCDR2 for final types, which is the same
 here because Image has no 8-byte members): after the 4-byte encapsulation header, each primitive
 is aligned to its size relative to the end of that header; strings and sequences are a uint32

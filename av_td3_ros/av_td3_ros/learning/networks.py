@@ -25,14 +25,15 @@ def prepare_image(image: torch.Tensor, channels_last: bool = False) -> torch.Ten
     """
     Convert uint8 frames to float32 pixel values (0..255, unscaled) in one pass.
 
-    channels_last (NHWC) makes oneDNN's CPU convolutions several times faster than NCHW here.
+    channels_last (NHWC) makes oneDNN's CPU convolutions several times faster than NCHW
+    (measured: docs/bench.md#design-measurements).
     Float input is returned as it is (already prepared).
     """
     if image.is_floating_point():
         return image
     # Transpose the uint8 frames (a quarter of the float bytes), then convert densely: one float
-    # allocation per batch, measured here ~1.5x faster than converting then transposing floats
-    # (a replay batch's stacks are strided views of its 5-frame gather).
+    # allocation per batch, faster than converting then transposing floats (a replay batch's
+    # stacks are strided views of its 5-frame gather; measured: docs/bench.md#design-measurements).
     if channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
     return image.to(torch.float32)

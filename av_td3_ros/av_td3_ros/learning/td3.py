@@ -82,8 +82,8 @@ class TD3:
             self.actor = build_actor(config)
             self.critic_cnn = build_cnn(config)
             self.critic = build_critic(config)
-        # channels_last (NHWC) activations: oneDNN's fast CPU layout (NCHW weights measured
-        # faster than NHWC weights here).
+        # channels_last (NHWC) activations: oneDNN's fast CPU layout; the weights stay NCHW,
+        # which is faster than NHWC weights (measured: docs/bench.md#design-measurements).
         self.channels_last = self.device.type == 'cpu'
         self.bf16 = resolve_bf16(config.precision, self.device)
         for name in NETWORKS:
@@ -120,9 +120,10 @@ class TD3:
         Run a CNN in the update's layout and compute precision; its features come out fp32.
 
         The convolutions hold almost all of the update's arithmetic, so bf16 there is where
-        native bf16 pays (measured here 1.4x fp32); the heads, the TD target and the losses
-        stay fp32 so that Q values keep their precision. ``update()`` prepares the images once,
-        so here that is a no-op unless an update step is called on a raw batch.
+        native bf16 pays (measured: docs/bench.md#design-measurements); the heads, the TD
+        target and the losses stay fp32 so that Q values keep their precision. ``update()``
+        prepares the images once, so here that is a no-op unless an update step is called on a
+        raw batch.
         """
         image = self._prepare(image)
         if not self.bf16:
@@ -372,8 +373,8 @@ def random_shift(image: torch.Tensor, pad: int,
     As DrQ-v2's RandomShiftsAug: replicate padding by ``pad`` pixels, then a crop back to H x W
     at a uniform random offset, one offset per sample and the same for every frame of its
     stack. Padding by slice copies and the crops as slices work on uint8 and keep dtype and
-    values (measured here ~2 ms for a batch of 64, against ~17 ms for uint8 index_select and
-    more for one gather of every pixel).
+    values, several times faster than uint8 index_select or one gather of every pixel
+    (measured: docs/bench.md#design-measurements).
     """
     if pad <= 0:
         return image

@@ -4,9 +4,10 @@ Keep camera-sized buffers in the heap instead of fresh mmap()s (a process-wide g
 Why: glibc serves allocations above its mmap threshold (128 KB, adaptive up to 32 MB) with a
 fresh mapping each time, and every page of a fresh mapping faults on first touch. An 800x600
 bgra8 frame (1.9 MB) is copied through several such buffers on its way through rclpy and Fast
-DDS on each side. Measured on this project's 2-core machine, a raw image echo between two
-processes over shared memory went from p50 5.7 / p99 9.6 ms to p50 2.5 / p99 3.4 ms with
-these settings in both processes. Costs a few tens of MB of retained heap at most.
+DDS on each side. With these settings in both processes a raw image echo between two
+processes over shared memory is markedly faster, at the median and more so in the tail
+(measured: docs/bench.md#design-measurements). Costs a few tens of MB of retained heap at
+most.
 """
 
 from __future__ import annotations

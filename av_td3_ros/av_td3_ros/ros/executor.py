@@ -5,10 +5,10 @@ rclpy's executor yields every task that is not yet executing, and the MultiThrea
 submits what it is given to its thread pool. A task still waiting in the pool's queue is therefore
 yielded and submitted again on every turn of the spin loop, without waiting: the spin thread holds
 the GIL re-queueing no-op copies, and real callbacks wait behind them (ros2/rclpy#1452, fixed
-upstream by ros2/rclpy#1547, not in the Kilted 9.1.2 wheels this workspace uses). Measured here
-on 2 cores, ``sim_node`` in synchronous mode and a trivial controller in one process
-(``bench/bench_sim.py``, ``ros_inprocess_*``): about 3 steps/s on the stock executor, over 700
-with this one.
+upstream by ros2/rclpy#1547, not in the Kilted 9.1.2 wheels this workspace uses). With
+``sim_node`` in synchronous mode and a trivial controller in one process the stock executor
+all but stalls the loop and this one does not (``bench/bench_sim.py``, ``ros_inprocess_*``;
+measured: docs/bench.md#design-measurements).
 
 The fix is to submit a task once: while it is queued, the spin loop waits for a pool thread to
 start something instead of queueing it again. Everything else (callback groups, futures,
@@ -79,9 +79,10 @@ def spin_until_shutdown(executor: Executor) -> None:
 
     A callback that fails because the context is going down under it is part of the shutdown,
     not a crash: a node stopped by its launcher then exits 0. rclpy raises e.g. "Unable to
-    convert call argument" from ``take_message`` in that race (a policy node stopped by bringup:
-    once in 11 stops, and once in 23 while the context still said it was up). An error that is
-    not followed by the shutdown within ``SHUTDOWN_GRACE_S`` is raised.
+    convert call argument" from ``take_message`` in that race, e.g. in a policy node stopped by
+    bringup, and at times while the context still says it is up (observed:
+    docs/bench.md#design-measurements), hence the grace period: an error that is not followed
+    by the shutdown within ``SHUTDOWN_GRACE_S`` is raised.
     """
     try:
         executor.spin()

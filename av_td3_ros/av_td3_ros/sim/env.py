@@ -29,8 +29,9 @@ class AvTd3DriveEnv(gym.Env):
     Keyword arguments: ``scenario`` (0 empty, 1 light, 2 heavy traffic), ``camera``
     (:class:`CameraConfig` or a dict of its fields: the camera whose 84x84 gray image is observed),
     ``track_seed`` (the road; the same seed gives the road of ``sim_node`` with ``seed``),
-    ``randomize_track`` (draw a new road every episode, ~0.5 s each), ``step_limit`` (episode
-    truncated with reason 'time_limit', default 1000 = DESIGN §5; ``gym.make``'s own
+    ``randomize_track`` (draw a new road every episode, a fraction of a second each; measured:
+    docs/bench.md#design-measurements), ``step_limit`` (episode truncated with reason
+    'time_limit', default 1000 = DESIGN §5; ``gym.make``'s own
     ``max_episode_steps`` adds gymnasium's TimeLimit wrapper instead, which truncates without
     setting the reason), ``reward_config`` (YAML path or :class:`RewardWeights`),
     ``render_mode`` ('rgb_array').
